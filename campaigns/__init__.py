@@ -1,0 +1,1 @@
+"""Email campaigns, delivery and tracking."""

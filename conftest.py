@@ -1,0 +1,126 @@
+"""Shared fixtures: one set of users per role, logged-in clients, and service guards."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from rest_framework.test import APIClient
+
+# Django imports stay inside fixtures so that pure-Python tests (experiments/stats) also run
+# with ``-p no:django``.
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def _make_user(username: str, *, group: str | None = None, staff: bool = False) -> User:
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(
+        username=username, email=f"{username}@example.com", password=PASSWORD, is_staff=staff
+    )
+    if group:
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
+    return user
+
+
+@pytest.fixture
+def staff_user(db) -> User:
+    return _make_user("staff", staff=True)
+
+
+@pytest.fixture
+def marketer(db) -> User:
+    return _make_user("marketer", group="Marketers")
+
+
+@pytest.fixture
+def integrator(db) -> User:
+    return _make_user("integrator", group="Integrators")
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    """Logged in, but in no group: every feature answers 403."""
+    return _make_user("outsider")
+
+
+@pytest.fixture
+def users(staff_user, marketer, integrator, outsider) -> dict[str, User]:
+    return {
+        "staff": staff_user,
+        "marketer": marketer,
+        "integrator": integrator,
+        "outsider": outsider,
+    }
+
+
+@pytest.fixture
+def client_for(client):
+    """``client_for(user)``: a Django test client logged in as ``user`` (None: anonymous)."""
+
+    def make(user: User | None):
+        client.logout()
+        if user is not None:
+            client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_client_for(db):
+    """``api_client_for(user)``: a DRF client authenticating with ``user``'s API token."""
+
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def make(user: User | None) -> APIClient:
+        api = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return api
+
+    return make
+
+
+def _missing_service(name: str) -> None:
+    from django.conf import settings
+
+    message = f"{name} is not configured"
+    if settings.REQUIRE_SERVICES:
+        pytest.fail(f"{message}, and REQUIRE_SERVICES=1 demands it", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def require_postgres(db) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        _missing_service("PostgreSQL (DATABASE_URL)")
+
+
+@pytest.fixture
+def require_redis() -> str:
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        _missing_service("Redis (REDIS_URL)")
+    return settings.REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(request) -> None:
+    """Tests render templates without running collectstatic first."""
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    settings = request.getfixturevalue("settings")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

@@ -1,0 +1,1 @@
+"""Assignment, statistics and experiment results."""

@@ -1,0 +1,1 @@
+"""Customers, engagement events, metrics and segments."""

@@ -1,0 +1,4 @@
+from django.urls import path  # noqa: F401
+
+# Routes under /api/v1/ for the segmentation app.
+urlpatterns: list = []
