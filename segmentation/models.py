@@ -1,1 +1,339 @@
-from django.db import models  # noqa: F401
+"""Customers, their engagement events, recomputed metrics, and segments.
+
+Physical design notes (see docs/ops/data.md):
+
+- ``Event`` is written at COPY speed, so it carries no foreign-key constraint (the ingestion
+  services resolve customers in SQL before inserting) and only the indexes the reads need:
+  (customer, time) for timelines, (type, time) for event-window rules and the type filter,
+  a BRIN on time (PostgreSQL migration), and the idempotency key (source, event_id).
+- ``CustomerMetrics`` is derived data, recomputed set-based; nothing edits it by hand.
+- ``SegmentMembership`` keeps history: a row per stay in a segment, ``left_at`` set when the
+  customer leaves; current members have ``left_at IS NULL``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.urls import reverse
+
+
+class SubscriptionStatus(models.TextChoices):
+    SUBSCRIBED = "subscribed", "Subscribed"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    BOUNCED = "bounced", "Bounced"
+    COMPLAINED = "complained", "Complained"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(
+        max_length=255, unique=True, help_text="The integrator's key for this customer."
+    )
+    email = models.EmailField(max_length=254, null=True, blank=True)
+    first_name = models.CharField(max_length=150, blank=True, default="")
+    last_name = models.CharField(max_length=150, blank=True, default="")
+    locale = models.CharField(max_length=35, blank=True, default="", help_text="BCP 47 tag.")
+    time_zone = models.CharField(max_length=64, blank=True, default="", help_text="IANA name.")
+    attributes = models.JSONField(default=dict, blank=True)
+    subscription_status = models.CharField(
+        max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.SUBSCRIBED
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="customer_email_ci_unique"),
+        ]
+
+    def __str__(self) -> str:
+        name = self.full_name
+        return (
+            f"{name} <{self.email}>"
+            if name and self.email
+            else (self.email or name or self.external_id)
+        )
+
+    def get_absolute_url(self) -> str:
+        return reverse("segmentation:customer-detail", args=[self.pk])
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+class Event(models.Model):
+    # No database constraint (write speed); the ORM still cascades deletes of a customer.
+    customer = models.ForeignKey(
+        Customer,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,  # covered by (customer, occurred_at)
+        related_name="events",
+    )
+    type = models.CharField(max_length=100)
+    occurred_at = models.DateTimeField()
+    value = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    source = models.CharField(
+        max_length=100, blank=True, default="", help_text="Where the event came from (api, csv...)."
+    )
+    event_id = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="Optional idempotency key, unique per source: a repeat is ignored.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "event_id"], name="event_source_event_id"),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "occurred_at"], name="event_customer_time"),
+            models.Index(fields=["type", "occurred_at"], name="event_type_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} at {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class CustomerMetrics(models.Model):
+    """One row per customer, recomputed by ``segmentation.services.metrics``."""
+
+    customer = models.OneToOneField(
+        Customer, on_delete=models.CASCADE, primary_key=True, related_name="metrics"
+    )
+    first_purchase_at = models.DateTimeField(null=True, blank=True)
+    last_purchase_at = models.DateTimeField(null=True, blank=True)
+    recency_days = models.IntegerField(null=True, blank=True)
+    frequency = models.IntegerField(default=0)
+    monetary = models.DecimalField(max_digits=16, decimal_places=2, default=0)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    event_counts_30d = models.JSONField(default=dict, blank=True)
+    event_counts_90d = models.JSONField(default=dict, blank=True)
+    emails_sent = models.IntegerField(default=0)
+    emails_opened = models.IntegerField(default=0)
+    emails_clicked = models.IntegerField(default=0)
+    r_score = models.PositiveSmallIntegerField(null=True, blank=True)
+    f_score = models.PositiveSmallIntegerField(null=True, blank=True)
+    m_score = models.PositiveSmallIntegerField(null=True, blank=True)
+    rfm_segment = models.CharField(max_length=100, blank=True, default="")
+    engagement_points = models.IntegerField(default=0)
+    engagement_tier = models.CharField(max_length=100, blank=True, default="")
+    as_of = models.DateTimeField(null=True, blank=True)
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "customer metrics"
+        indexes = [
+            models.Index(fields=["r_score", "f_score"], name="metrics_rf"),
+        ]
+
+    def __str__(self) -> str:
+        return f"metrics of customer {self.customer_id}"
+
+
+class SegmentKind(models.TextChoices):
+    RFM = "rfm", "RFM"
+    RULE = "rule", "Rule"
+    STATIC = "static", "Static"
+
+
+class Segment(models.Model):
+    """A named group of customers.
+
+    - ``rfm``: ``rule`` is ``{"r": [lo, hi], "f": [lo, hi]}`` over the 1..5 scores; RFM
+      segments are matched in ``position`` order and a customer gets the first that fits.
+    - ``rule``: ``rule`` is a tree of ``all``/``any`` groups (see ``segmentation.rules``).
+    - ``static``: members are added and removed by hand, by file or by API.
+    """
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    kind = models.CharField(max_length=10, choices=SegmentKind.choices)
+    rule = models.JSONField(default=dict, blank=True)
+    position = models.PositiveIntegerField(default=0)
+    size = models.PositiveIntegerField(default=0)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["kind", "position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("segmentation:segment-detail", args=[self.slug])
+
+
+class SegmentMembership(models.Model):
+    """One stay of a customer in a segment; current members have ``left_at`` NULL."""
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships")
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="memberships")
+    joined_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["segment", "customer"],
+                condition=Q(left_at__isnull=True),
+                name="membership_current_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} in {self.segment_id}"
+
+
+class SegmentSizeSnapshot(models.Model):
+    """The size of a segment at the end of its last refresh of the day (for charts)."""
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="snapshots")
+    date = models.DateField()
+    size = models.PositiveIntegerField()
+    joined = models.PositiveIntegerField(default=0)
+    left = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["segment", "date"]
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "date"], name="snapshot_segment_date"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.segment_id} on {self.date}: {self.size}"
+
+
+class EngagementModel(models.Model):
+    """A points model: points per threshold band on metrics, summed, mapped to named tiers.
+
+    ``definition`` (validated by ``segmentation.services.engagement.validate_definition``)::
+
+        {"rules": [{"metric": "frequency",
+                    "bands": [{"min": 10, "points": 30}, {"min": 4, "max": 10, "points": 20}]}],
+         "tiers": [{"name": "Star", "min_points": 70}, {"name": "Lost", "min_points": 0}]}
+
+    A band matches when ``min <= value < max`` (either bound may be omitted); the first
+    matching band of a rule scores; a missing metric scores nothing. The highest tier whose
+    ``min_points`` the total reaches is the customer's tier. Exactly one model is active.
+    """
+
+    name = models.CharField(max_length=200)
+    definition = models.JSONField()
+    is_active = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="one_active_engagement"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ImportKind(models.TextChoices):
+    CUSTOMERS = "customers", "Customers"
+    EVENTS = "events", "Events"
+
+
+class ImportJob(models.Model):
+    """A CSV import: uploaded through the page (run by a task) or by a management command."""
+
+    kind = models.CharField(max_length=16, choices=ImportKind.choices)
+    file = models.FileField(upload_to="imports/%Y/%m/", blank=True)
+    filename = models.CharField(max_length=255, blank=True, default="")
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    total_rows = models.PositiveIntegerField(null=True, blank=True)
+    processed_rows = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(
+        default=list, blank=True, help_text="The first rejected rows: line, column, reason."
+    )
+    message = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} import #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}
+
+    @property
+    def percent(self) -> int:
+        if self.is_finished:
+            return 100
+        if not self.total_rows:
+            return 0
+        return min(99, int(100 * self.processed_rows / self.total_rows))
+
+
+class RefreshRun(models.Model):
+    """One run of the metrics, RFM, tier and segment refresh pipeline."""
+
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    as_of = models.DateTimeField()
+    trigger = models.CharField(max_length=20, default="manual")  # manual, schedule, command, api
+    step = models.CharField(max_length=100, blank=True, default="")
+    steps_done = models.PositiveSmallIntegerField(default=0)
+    steps_total = models.PositiveSmallIntegerField(default=0, validators=[MinValueValidator(0)])
+    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
+    message = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"refresh #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}
+
+    @property
+    def percent(self) -> int:
+        if self.is_finished:
+            return 100
+        if not self.steps_total:
+            return 0
+        return min(99, int(100 * self.steps_done / self.steps_total))
