@@ -330,5 +330,10 @@ LOGGING = {
 
 # --- Product defaults -----------------------------------------------------------------------
 
+#: Event types that count as purchases for recency, frequency and monetary value.
+PURCHASE_EVENT_TYPES = env_list("PURCHASE_EVENT_TYPES", ["purchase"])
+if not PURCHASE_EVENT_TYPES:
+    raise ImproperlyConfigured("PURCHASE_EVENT_TYPES must name at least one event type.")
+
 #: Whether tests that need Postgres/Redis fail (instead of skip) when those are not configured.
 REQUIRE_SERVICES = env_bool("REQUIRE_SERVICES", False)

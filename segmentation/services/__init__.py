@@ -1,0 +1,1 @@
+"""Writes for customers, events, metrics and segments, split by topic."""
