@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,8 @@ def metric_rows(kind: str, arms: list[list[dict[str, float]]]) -> list[dict[str,
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
+    # gbstats overflows harmlessly in exp() for huge effects; keep the benchmark output clean.
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
     from gbstats.gbstats import process_single_metric
     from gbstats.models.settings import (
         AnalysisSettingsForStatsEngine,
