@@ -19,6 +19,7 @@ import math
 import os
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,7 @@ def write(name: str, payload: Any) -> None:
 
 def main() -> None:
     _reexec_in_gbstats_venv()
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # gbstats' harmless overflows
     rng = random.Random(SEED)
     pairs = build_pair_fixtures(rng)
     for engine, cases in pairs.items():
