@@ -115,11 +115,12 @@ def require_redis() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _plain_static_storage(request) -> None:
-    """Tests render templates without running collectstatic first."""
+def _test_settings(request) -> None:
+    """Templates render without collectstatic; passwords hash fast (tests only)."""
     if not request.config.pluginmanager.hasplugin("django"):
         return
     settings = request.getfixturevalue("settings")
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -1,0 +1,373 @@
+"""Customer writes: bulk upsert by ``external_id`` (API batches, CSV files) and single CRUD.
+
+Upsert semantics (the same on every path):
+
+- A row creates the customer when its ``external_id`` is new, otherwise updates it.
+- Only the fields a row sends change; ``attributes`` are merged key by key and a ``null``
+  value removes a key. New customers default to ``subscribed`` with empty fields.
+- A row identical to what is stored changes nothing (``updated_at`` stays), so re-importing a
+  file is a no-op that reports every row as unchanged.
+- Rejected, with a reason: an ``external_id`` repeated within the batch (later rows), an email
+  used by another customer, or repeated within the batch for different customers.
+
+On PostgreSQL rows are staged with ``COPY`` and applied with one statement; elsewhere the ORM
+does the same with ``bulk_create`` / ``bulk_update``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from abtest.errors import ServiceError
+from segmentation.models import Customer, SubscriptionStatus
+from segmentation.services import bulk
+from segmentation.services.validation import (
+    PROVIDED_BIT,
+    CustomerRow,
+    RowError,
+    RowInvalid,
+    clean_customer,
+)
+
+#: The most rows one API request may send.
+MAX_BATCH = 10_000
+
+
+@dataclass
+class UpsertResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[RowError] = field(default_factory=list)
+
+    def add(self, other: UpsertResult) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected.extend(other.rejected)
+
+
+def _repeated(value: str, first: int) -> str:
+    return f"{value!r} is repeated (first at {first})."
+
+
+def _strip_nulls(attributes: dict) -> dict:
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+def customers_upsert(*, rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
+    """Create or update validated ``rows`` (``(row key, row)`` pairs) in one transaction."""
+    if not rows:
+        return UpsertResult()
+    with transaction.atomic():
+        if bulk.is_postgres():
+            return _upsert_postgres(rows)
+        return _upsert_orm(rows)
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+_STAGE_COLUMNS = (
+    ("line", "integer"),
+    ("external_id", "text"),
+    ("email", "text"),
+    ("first_name", "text"),
+    ("last_name", "text"),
+    ("locale", "text"),
+    ("time_zone", "text"),
+    ("subscription_status", "text"),
+    ("attributes", "jsonb"),
+    ("provided", "integer"),
+)
+
+
+def _set(column: str, default: str) -> str:
+    """The value a staged row gives ``column``: its own when sent, else the stored one."""
+    return (
+        f"CASE WHEN s.provided & {PROVIDED_BIT[column]} <> 0 THEN s.{column} "
+        f"ELSE COALESCE(c.{column}, {default}) END"
+    )
+
+
+_UPSERT_SQL = f"""
+WITH m AS (
+    SELECT s.external_id, c.id AS cid,
+        CASE WHEN s.provided & {PROVIDED_BIT["email"]} <> 0 THEN s.email ELSE c.email END
+            AS email,
+        {_set("first_name", "''")} AS first_name,
+        {_set("last_name", "''")} AS last_name,
+        {_set("locale", "''")} AS locale,
+        {_set("time_zone", "''")} AS time_zone,
+        COALESCE(s.subscription_status, c.subscription_status, 'subscribed')
+            AS subscription_status,
+        CASE WHEN s.attributes IS NULL THEN COALESCE(c.attributes, '{{}}'::jsonb)
+             ELSE jsonb_strip_nulls(COALESCE(c.attributes, '{{}}'::jsonb) || s.attributes)
+        END AS attributes
+    FROM customer_stage s
+    LEFT JOIN segmentation_customer c ON c.external_id = s.external_id
+),
+upd AS (
+    UPDATE segmentation_customer c
+    SET email = m.email, first_name = m.first_name, last_name = m.last_name,
+        locale = m.locale, time_zone = m.time_zone,
+        subscription_status = m.subscription_status, attributes = m.attributes,
+        updated_at = %(now)s
+    FROM m
+    WHERE c.id = m.cid
+      AND (c.email, c.first_name, c.last_name, c.locale, c.time_zone,
+           c.subscription_status, c.attributes)
+          IS DISTINCT FROM
+          (m.email, m.first_name, m.last_name, m.locale, m.time_zone,
+           m.subscription_status, m.attributes)
+    RETURNING 1
+),
+ins AS (
+    INSERT INTO segmentation_customer
+        (external_id, email, first_name, last_name, locale, time_zone,
+         subscription_status, attributes, created_at, updated_at)
+    SELECT external_id, email, first_name, last_name, locale, time_zone,
+           subscription_status, attributes, %(now)s, %(now)s
+    FROM m WHERE m.cid IS NULL
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM m)
+"""
+
+# Later rows repeating an external_id (or, among the rest, an email) are rejected.
+_DUPLICATE_IDS_SQL = """
+WITH d AS (
+    SELECT line, min(line) OVER (PARTITION BY external_id) AS first FROM customer_stage
+)
+DELETE FROM customer_stage s USING d
+WHERE s.line = d.line AND d.first <> d.line
+RETURNING s.line, s.external_id, d.first
+"""
+_DUPLICATE_EMAILS_SQL = """
+WITH d AS (
+    SELECT line, min(line) OVER (PARTITION BY lower(email)) AS first
+    FROM customer_stage WHERE email IS NOT NULL
+)
+DELETE FROM customer_stage s USING d
+WHERE s.line = d.line AND d.first <> d.line
+RETURNING s.line, s.email, d.first
+"""
+_TAKEN_EMAILS_SQL = """
+DELETE FROM customer_stage s USING segmentation_customer c
+WHERE s.email IS NOT NULL
+  AND lower(c.email) = lower(s.email)
+  AND c.external_id <> s.external_id
+RETURNING s.line, s.email, c.external_id
+"""
+
+
+def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
+    result = UpsertResult()
+    with connection.cursor() as cursor:
+        bulk.stage(
+            cursor,
+            table="customer_stage",
+            columns=_STAGE_COLUMNS,
+            rows=(
+                (
+                    key,
+                    row.external_id,
+                    row.email,
+                    row.first_name,
+                    row.last_name,
+                    row.locale,
+                    row.time_zone,
+                    row.subscription_status,
+                    None if row.attributes is None else bulk.json_text(row.attributes),
+                    row.provided,
+                )
+                for key, row in rows
+            ),
+        )
+        cursor.execute(
+            "SELECT count(*) - count(DISTINCT external_id), "
+            "count(email) - count(DISTINCT lower(email)) FROM customer_stage"
+        )
+        repeated_ids, repeated_emails = cursor.fetchone()
+        if repeated_ids:
+            cursor.execute(_DUPLICATE_IDS_SQL)
+            for line, external_id, first in cursor.fetchall():
+                result.rejected.append(
+                    RowError(
+                        line, "external_id", f"{external_id!r} is repeated (first at {first})."
+                    )
+                )
+        if repeated_emails:
+            cursor.execute(_DUPLICATE_EMAILS_SQL)
+            for line, email, first in cursor.fetchall():
+                result.rejected.append(RowError(line, "email", _repeated(email, first)))
+        cursor.execute(_TAKEN_EMAILS_SQL)
+        for line, email, owner in cursor.fetchall():
+            result.rejected.append(
+                RowError(line, "email", f"{email!r} belongs to customer {owner!r}.")
+            )
+        cursor.execute(_UPSERT_SQL, {"now": timezone.now()})
+        created, updated, total = cursor.fetchone()
+    result.created, result.updated = created, updated
+    result.unchanged = total - created - updated
+    result.rejected.sort(key=lambda error: error.row)
+    return result
+
+
+# --- Other databases (SQLite in development) ------------------------------------------------
+
+_FIELDS = ("email", "first_name", "last_name", "locale", "time_zone")
+
+
+def _chunks(items: list, size: int = 500):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _upsert_orm(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
+    result = UpsertResult()
+    accepted: dict[str, tuple[int, CustomerRow]] = {}
+    for key, row in rows:
+        if row.external_id in accepted:
+            first = accepted[row.external_id][0]
+            result.rejected.append(RowError(key, "external_id", _repeated(row.external_id, first)))
+        else:
+            accepted[row.external_id] = (key, row)
+    emails_seen: dict[str, int] = {}
+    for external_id, (key, row) in list(accepted.items()):
+        if row.email is None:
+            continue
+        lowered = row.email.lower()
+        if lowered in emails_seen:
+            result.rejected.append(
+                RowError(
+                    key, "email", f"{row.email!r} is repeated (first at {emails_seen[lowered]})."
+                )
+            )
+            del accepted[external_id]
+        else:
+            emails_seen[lowered] = key
+
+    owners: dict[str, str] = {}
+    for chunk in _chunks(list(emails_seen)):
+        owners.update(
+            Customer.objects.annotate(email_lower=Lower("email"))
+            .filter(email_lower__in=chunk)
+            .values_list("email_lower", "external_id")
+        )
+    existing: dict[str, Customer] = {}
+    for chunk in _chunks(list(accepted)):
+        existing.update((c.external_id, c) for c in Customer.objects.filter(external_id__in=chunk))
+
+    now = timezone.now()
+    to_create: list[Customer] = []
+    to_update: list[Customer] = []
+    for external_id, (key, row) in accepted.items():
+        if row.email is not None:
+            owner = owners.get(row.email.lower())
+            if owner is not None and owner != external_id:
+                result.rejected.append(
+                    RowError(key, "email", f"{row.email!r} belongs to customer {owner!r}.")
+                )
+                continue
+        customer = existing.get(external_id)
+        if customer is None:
+            customer = Customer(
+                external_id=external_id,
+                subscription_status=SubscriptionStatus.SUBSCRIBED,
+                attributes={},
+                created_at=now,
+                updated_at=now,
+            )
+            _apply(customer, row)
+            to_create.append(customer)
+        else:
+            before = (*(getattr(customer, f) for f in _FIELDS), customer.subscription_status)
+            before_attributes = dict(customer.attributes or {})
+            _apply(customer, row)
+            after = (*(getattr(customer, f) for f in _FIELDS), customer.subscription_status)
+            if before != after or before_attributes != customer.attributes:
+                customer.updated_at = now
+                to_update.append(customer)
+            else:
+                result.unchanged += 1
+    Customer.objects.bulk_create(to_create, batch_size=500)
+    Customer.objects.bulk_update(
+        to_update, [*_FIELDS, "subscription_status", "attributes", "updated_at"], batch_size=500
+    )
+    result.created, result.updated = len(to_create), len(to_update)
+    result.rejected.sort(key=lambda error: error.row)
+    return result
+
+
+def _apply(customer: Customer, row: CustomerRow) -> None:
+    for name in _FIELDS:
+        if row.provided & PROVIDED_BIT[name]:
+            setattr(customer, name, getattr(row, name))
+    if row.subscription_status is not None:
+        customer.subscription_status = row.subscription_status
+    if row.attributes is not None:
+        customer.attributes = _strip_nulls({**(customer.attributes or {}), **row.attributes})
+
+
+# --- Single customers (API CRUD, admin-like edits) -------------------------------------------
+
+
+def _clean_or_raise(values: dict[str, Any]) -> CustomerRow:
+    try:
+        return clean_customer(values)
+    except RowInvalid as error:
+        raise ServiceError(error.reason, field=error.column) from None
+
+
+def _save(customer: Customer) -> Customer:
+    try:
+        with transaction.atomic():
+            customer.save()
+    except IntegrityError as error:
+        message = str(error).lower()
+        if "email" in message:
+            raise ServiceError("Another customer has this email.", field="email") from None
+        if "external_id" in message:
+            raise ServiceError(
+                "A customer with this external_id exists.", field="external_id"
+            ) from None
+        raise
+    return customer
+
+
+def customer_create(*, values: dict[str, Any]) -> Customer:
+    """Create one customer; the ``external_id`` must be new."""
+    row = _clean_or_raise(values)
+    if Customer.objects.filter(external_id=row.external_id).exists():
+        raise ServiceError("A customer with this external_id exists.", field="external_id")
+    customer = Customer(subscription_status=SubscriptionStatus.SUBSCRIBED, attributes={})
+    customer.external_id = row.external_id
+    _apply(customer, row)
+    return _save(customer)
+
+
+def customer_update(
+    *, customer: Customer, values: dict[str, Any], replace_attributes: bool = False
+) -> Customer:
+    """Change the fields in ``values``; attributes merge unless ``replace_attributes``."""
+    row = _clean_or_raise({"external_id": customer.external_id, **values})
+    if "external_id" in values and row.external_id != customer.external_id:
+        customer.external_id = row.external_id
+    if replace_attributes and row.attributes is not None:
+        customer.attributes = {}
+    _apply(customer, row)
+    return _save(customer)
+
+
+def customer_delete(*, customer: Customer) -> None:
+    """Delete a customer with their events, metrics and memberships."""
+    with transaction.atomic():
+        customer.events.all().delete()
+        customer.delete()
