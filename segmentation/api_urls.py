@@ -1,4 +1,13 @@
-from django.urls import path  # noqa: F401
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
 
-# Routes under /api/v1/ for the segmentation app.
-urlpatterns: list = []
+from segmentation import api
+
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False
+router.register("customers", api.CustomerViewSet, basename="customer")
+
+urlpatterns = [
+    path("events/", api.EventApi.as_view(), name="event-list"),
+    path("", include(router.urls)),
+]

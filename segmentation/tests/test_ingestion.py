@@ -1,0 +1,187 @@
+"""Bulk upsert of customers and ingestion of events: the same semantics on every database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from segmentation.models import Customer, Event
+from segmentation.services.customers import customers_upsert
+from segmentation.services.events import events_ingest
+from segmentation.services.validation import RowInvalid, clean_customer, clean_event
+
+pytestmark = pytest.mark.django_db
+
+
+def upsert(*rows: dict):
+    return customers_upsert(rows=[(i, clean_customer(row)) for i, row in enumerate(rows)])
+
+
+def ingest(*rows: dict, create_customers: bool = False):
+    return events_ingest(
+        rows=[(i, clean_event(row)) for i, row in enumerate(rows)],
+        create_customers=create_customers,
+    )
+
+
+def test_upsert_creates_then_updates_only_what_changed():
+    result = upsert(
+        {"external_id": "a", "email": "A@Example.com", "first_name": "Ann"},
+        {"external_id": "b", "attributes": {"plan": "pro", "city": "Oslo"}},
+    )
+    assert (result.created, result.updated, result.unchanged, result.rejected) == (2, 0, 0, [])
+    a = Customer.objects.get(external_id="a")
+    assert a.email == "A@Example.com" and a.subscription_status == "subscribed"
+    stamp = a.updated_at
+
+    result = upsert(
+        {"external_id": "a", "email": "A@Example.com", "first_name": "Ann"},
+        {"external_id": "b", "attributes": {"plan": "team", "city": None}},
+    )
+    assert (result.created, result.updated, result.unchanged) == (0, 1, 1)
+    a.refresh_from_db()
+    assert a.updated_at == stamp, "an identical row changes nothing"
+    assert Customer.objects.get(external_id="b").attributes == {"plan": "team"}
+
+
+def test_fields_not_sent_are_kept_and_sent_fields_replace():
+    upsert({"external_id": "a", "email": "a@example.com", "first_name": "Ann", "locale": "en"})
+    upsert({"external_id": "a", "last_name": "Lee", "subscription_status": "unsubscribed"})
+    a = Customer.objects.get(external_id="a")
+    assert (a.email, a.first_name, a.last_name, a.locale) == ("a@example.com", "Ann", "Lee", "en")
+    assert a.subscription_status == "unsubscribed"
+    upsert({"external_id": "a", "email": None, "first_name": ""})
+    a.refresh_from_db()
+    assert a.email is None and a.first_name == "" and a.last_name == "Lee"
+
+
+def test_attributes_merge_key_by_key():
+    upsert({"external_id": "a", "attributes": {"plan": "pro", "seats": 3}})
+    upsert({"external_id": "a", "attributes": {"seats": 5, "city": "Lima"}})
+    assert Customer.objects.get(external_id="a").attributes == {
+        "plan": "pro",
+        "seats": 5,
+        "city": "Lima",
+    }
+
+
+def test_repeated_external_ids_and_emails_in_a_batch_are_rejected_after_the_first():
+    result = upsert(
+        {"external_id": "a", "email": "x@example.com"},
+        {"external_id": "a", "email": "y@example.com"},
+        {"external_id": "b", "email": "X@EXAMPLE.COM"},
+        {"external_id": "c", "email": "c@example.com"},
+    )
+    assert result.created == 2
+    assert [(e.row, e.column) for e in result.rejected] == [(1, "external_id"), (2, "email")]
+    assert "repeated (first at 0)" in result.rejected[0].reason
+    assert Customer.objects.get(external_id="a").email == "x@example.com"
+
+
+def test_an_email_owned_by_another_customer_is_rejected_case_insensitively():
+    upsert({"external_id": "a", "email": "Ann@example.com"})
+    result = upsert({"external_id": "b", "email": "ann@EXAMPLE.com"}, {"external_id": "c"})
+    assert result.created == 1
+    assert result.rejected[0].row == 0
+    assert "belongs to customer 'a'" in result.rejected[0].reason
+    assert not Customer.objects.filter(external_id="b").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ({}, "external_id"),
+        ({"external_id": "  "}, "external_id"),
+        ({"external_id": "x" * 256}, "external_id"),
+        ({"external_id": "a", "email": "not-an-email"}, "email"),
+        ({"external_id": "a", "email": "a@b"}, "email"),
+        ({"external_id": "a", "locale": "english!"}, "locale"),
+        ({"external_id": "a", "time_zone": "Mars/Base"}, "time_zone"),
+        ({"external_id": "a", "subscription_status": "maybe"}, "subscription_status"),
+        ({"external_id": "a", "attributes": ["not", "an", "object"]}, "attributes"),
+        ({"external_id": "a", "first_name": "x" * 151}, "first_name"),
+    ],
+)
+def test_invalid_customer_rows_name_the_column(row, column):
+    with pytest.raises(RowInvalid) as error:
+        clean_customer(row)
+    assert error.value.column == column
+
+
+def test_valid_but_unusual_emails_pass_through_djangos_validator():
+    assert clean_customer({"external_id": "a", "email": "jose@exämple.com"}).email
+    assert clean_customer({"external_id": "a", "email": "o'hara+tag@sub.example.co.uk"}).email
+    assert clean_customer({"external_id": "a", "locale": "pt_BR"}).locale == "pt-BR"
+
+
+def test_events_are_stored_for_known_customers_and_unknown_ones_rejected():
+    upsert({"external_id": "a"})
+    result = ingest(
+        {
+            "customer": "a",
+            "type": "purchase",
+            "occurred_at": "2024-05-01T10:00:00+02:00",
+            "value": "19.90",
+            "properties": {"sku": "x"},
+        },
+        {"customer": "nobody", "type": "session", "occurred_at": "2024-05-01"},
+    )
+    assert (result.accepted, result.duplicates) == (1, 0)
+    assert [(e.row, e.column) for e in result.rejected] == [(1, "customer")]
+    event = Event.objects.get()
+    assert event.occurred_at == datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+    assert event.value == Decimal("19.90") and event.properties == {"sku": "x"}
+
+
+def test_unknown_customers_can_be_created_on_the_fly():
+    result = ingest(
+        {"customer": "new-1", "type": "session", "occurred_at": "2024-05-01T00:00:00Z"},
+        {"customer": "new-1", "type": "session", "occurred_at": "2024-05-02T00:00:00Z"},
+        create_customers=True,
+    )
+    assert (result.accepted, result.customers_created, result.rejected) == (2, 1, [])
+    assert Customer.objects.get(external_id="new-1").subscription_status == "subscribed"
+
+
+def test_a_repeated_event_id_is_a_duplicate_not_a_second_event():
+    upsert({"external_id": "a"})
+    base = {"customer": "a", "type": "purchase", "occurred_at": "2024-05-01T00:00:00Z"}
+    first = ingest({**base, "event_id": "o-1"}, {**base, "event_id": "o-1"}, {**base})
+    assert (first.accepted, first.duplicates) == (2, 1)
+    second = ingest({**base, "event_id": "o-1"}, {**base, "event_id": "o-1", "source": "shop"})
+    assert (second.accepted, second.duplicates) == (1, 1), "event ids are unique per source"
+    assert Event.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ({"type": "x", "occurred_at": "2024-01-01"}, "customer"),
+        ({"customer": "a", "occurred_at": "2024-01-01"}, "type"),
+        ({"customer": "a", "type": "x"}, "occurred_at"),
+        ({"customer": "a", "type": "x", "occurred_at": "yesterday"}, "occurred_at"),
+        ({"customer": "a", "type": "x", "occurred_at": "2024-01-01", "value": "abc"}, "value"),
+        ({"customer": "a", "type": "x", "occurred_at": "2024-01-01", "value": "1.234"}, "value"),
+        ({"customer": "a", "type": "x", "occurred_at": "2024-01-01", "value": "NaN"}, "value"),
+        (
+            {"customer": "a", "type": "x", "occurred_at": "2024-01-01", "properties": []},
+            "properties",
+        ),
+        ({"customer": "a", "type": "x" * 101, "occurred_at": "2024-01-01"}, "type"),
+    ],
+)
+def test_invalid_event_rows_name_the_column(row, column):
+    with pytest.raises(RowInvalid) as error:
+        clean_event(row)
+    assert error.value.column == column
+
+
+def test_event_values_keep_cents_and_naive_times_are_utc():
+    row = clean_event({"customer": "a", "type": "x", "occurred_at": "2024-01-01T12:00", "value": 5})
+    assert row.value == Decimal("5.00")
+    assert row.occurred_at == datetime(2024, 1, 1, 12, tzinfo=UTC)
+    assert clean_event(
+        {"customer": "a", "type": "x", "occurred_at": "2024-01-01", "value": "1.50"}
+    ).value == Decimal("1.50")
