@@ -1,0 +1,434 @@
+"""CSV import of customers and events (management commands and the upload page).
+
+- Columns are mapped by header (case and spacing do not matter; common aliases are known).
+  Customer columns the model does not have become attributes; event columns it does not have
+  become properties. ``attributes.<key>`` / ``properties.<key>`` name them explicitly.
+- UTF-8 with or without BOM; the delimiter (comma, semicolon, tab or pipe) is sniffed.
+- Bad rows are reported by line number, column and reason and are not imported; good rows
+  are, in chunks through the same services as the API (COPY on PostgreSQL).
+- Re-importing the same file changes nothing: customers are upserted (identical rows are
+  "unchanged"), and events without an ``event_id`` column get one derived from the file's
+  content hash and line number, so the same file's rows are recognised as duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+from django.utils import timezone
+
+from abtest.errors import ServiceError
+from segmentation.models import ImportJob, ImportKind, JobStatus
+from segmentation.services.customers import UpsertResult, customers_upsert
+from segmentation.services.events import IngestResult, events_ingest
+from segmentation.services.validation import RowError, RowInvalid, clean_customer, clean_event
+
+CHUNK_ROWS = 50_000
+#: How many rejected rows an import keeps for display (the count is always exact).
+MAX_KEPT_ERRORS = 1_000
+
+CUSTOMER_COLUMNS = {
+    "external_id": "external_id",
+    "id": "external_id",
+    "customer_id": "external_id",
+    "email": "email",
+    "email_address": "email",
+    "first_name": "first_name",
+    "firstname": "first_name",
+    "given_name": "first_name",
+    "last_name": "last_name",
+    "lastname": "last_name",
+    "surname": "last_name",
+    "family_name": "last_name",
+    "locale": "locale",
+    "language": "locale",
+    "time_zone": "time_zone",
+    "timezone": "time_zone",
+    "tz": "time_zone",
+    "subscription_status": "subscription_status",
+    "status": "subscription_status",
+    "attributes": "attributes",
+}
+EVENT_COLUMNS = {
+    "customer": "customer",
+    "external_id": "customer",
+    "customer_id": "customer",
+    "customer_external_id": "customer",
+    "type": "type",
+    "event": "type",
+    "event_type": "type",
+    "occurred_at": "occurred_at",
+    "timestamp": "occurred_at",
+    "time": "occurred_at",
+    "date": "occurred_at",
+    "value": "value",
+    "amount": "value",
+    "revenue": "value",
+    "properties": "properties",
+    "event_id": "event_id",
+    "source": "source",
+}
+REQUIRED = {
+    ImportKind.CUSTOMERS: ("external_id",),
+    ImportKind.EVENTS: ("customer", "type", "occurred_at"),
+}
+
+
+class CsvError(ServiceError):
+    """The file as a whole cannot be imported (not CSV, not UTF-8, missing columns...)."""
+
+
+@dataclass
+class ImportResult:
+    kind: str
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[RowError] = field(default_factory=list)  # the first ``max_kept_errors``
+    max_kept_errors: int = MAX_KEPT_ERRORS
+
+    def keep(self, errors: list[RowError]) -> None:
+        self.rejected += len(errors)
+        room = self.max_kept_errors - len(self.errors)
+        if room > 0:
+            self.errors.extend(errors[:room])
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+_HEADER_CLEAN = re.compile(r"[\s\-]+")
+
+
+def _normalise(header: str) -> str:
+    return _HEADER_CLEAN.sub("_", header.strip().lower())
+
+
+@dataclass
+class CsvFile:
+    """An opened, sniffed CSV: its mapped columns and an iterator of (line, values)."""
+
+    columns: list[tuple[str, str | None]]  # (target kind, target name) per column
+    headers: list[str]
+    rows: Iterator[tuple[int, list[str]]]
+    digest: str
+    total_rows: int
+
+
+def _open_text(raw: bytes) -> str:
+    if b"\x00" in raw[:65536]:
+        raise CsvError("This is not a CSV file (it contains binary data).", field="file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CsvError(
+            f"The file is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV.",
+            field="file",
+        ) from None
+
+
+def _sniff(sample: str) -> csv.Dialect | type[csv.Dialect]:
+    first_line = sample.split("\n", 1)[0]
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        # One column, or too little text to tell: only acceptable when the header is one name.
+        if first_line and not any(c in first_line for c in ",;\t|"):
+            return csv.excel
+        raise CsvError(
+            "This does not look like a CSV file: no delimiter (comma, semicolon, tab or pipe) "
+            "could be found.",
+            field="file",
+        ) from None
+
+
+def csv_open(source: bytes | str | Path | IO[bytes], *, kind: str) -> CsvFile:
+    """Read and check a CSV file; raise ``CsvError`` if it cannot be imported at all."""
+    if isinstance(source, (str, Path)):
+        raw = Path(source).read_bytes()
+    elif isinstance(source, bytes):
+        raw = source
+    else:
+        raw = source.read()
+    text = _open_text(raw)
+    if not text.strip():
+        raise CsvError("The file is empty.", field="file")
+    dialect = _sniff(text[:65536])
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    try:
+        headers = next(reader)
+    except csv.Error as error:
+        raise CsvError(f"This is not a valid CSV file: {error}.", field="file") from None
+    columns = _map_columns(headers, kind=kind)
+    return CsvFile(
+        columns=columns,
+        headers=headers,
+        rows=_numbered(reader),
+        digest=hashlib.sha256(raw).hexdigest()[:16],
+        total_rows=max(0, text.count("\n") - (0 if text.endswith("\n") else -1) - 1),
+    )
+
+
+def _numbered(reader) -> Iterator[tuple[int, list[str]]]:
+    """Yield (first line number of the row, values); blank lines are skipped."""
+    line = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield line, [f"\x00{error}"]
+            line = reader.line_num + 1
+            continue
+        if values and any(v.strip() for v in values):
+            yield line, values
+        line = reader.line_num + 1
+
+
+def _map_columns(headers: list[str], *, kind: str) -> list[tuple[str, str | None]]:
+    known = CUSTOMER_COLUMNS if kind == ImportKind.CUSTOMERS else EVENT_COLUMNS
+    extra_kind = "attribute" if kind == ImportKind.CUSTOMERS else "property"
+    prefixes = (
+        ("attributes.", "attribute.")
+        if kind == ImportKind.CUSTOMERS
+        else (
+            "properties.",
+            "property.",
+        )
+    )
+    columns: list[tuple[str, str | None]] = []
+    seen: dict[str, str] = {}
+    for header in headers:
+        name = _normalise(header)
+        if not name:
+            columns.append(("ignore", None))
+            continue
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix:
+            target = ("extra", header.strip()[len(prefix) :].strip())
+        elif name in known:
+            target = ("field", known[name])
+        else:
+            target = ("extra", header.strip())
+        key = f"{target[0]}:{target[1]}"
+        if key in seen:
+            raise CsvError(
+                f"Columns {seen[key]!r} and {header!r} both map to "
+                f"{target[1] if target[0] == 'field' else extra_kind + ' ' + repr(target[1])}.",
+                field="file",
+            )
+        seen[key] = header
+        columns.append(target)
+    present = {name for what, name in columns if what == "field"}
+    missing = [name for name in REQUIRED[kind] if name not in present]
+    if missing:
+        raise CsvError(
+            f"Missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)} "
+            f"(found: {', '.join(h for h in headers if h.strip()) or 'none'}).",
+            field="file",
+        )
+    return columns
+
+
+def _infer(value: str) -> Any:
+    """CSV cells are text; keep numbers and booleans that round-trip exactly as such."""
+    if value in {"true", "false", "TRUE", "FALSE", "True", "False"}:
+        return value.lower() == "true"
+    if value.lstrip("-").isdigit() and str(int(value)) == value:
+        return int(value)
+    return value
+
+
+_json_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def _row_values(
+    values: list[str], columns: list[tuple[str, str | None]], *, extra_field: str
+) -> dict[str, Any]:
+    if values and values[0].startswith("\x00"):
+        raise RowInvalid(None, f"Malformed CSV row: {values[0][1:]}.")
+    if len(values) != len(columns):
+        raise RowInvalid(None, f"Expected {len(columns)} columns, found {len(values)}.")
+    row: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for (what, name), value in zip(columns, values, strict=True):
+        if what == "field":
+            if name == extra_field:
+                value = value.strip()
+                if value:
+                    try:
+                        extra = {**_json_object.decode(value), **extra}
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        raise RowInvalid(name, "Must be a JSON object.") from None
+            else:
+                row[name] = value
+        elif what == "extra":
+            value = value.strip()
+            if value:
+                extra[name] = _infer(value)
+    if extra:
+        row[extra_field] = extra
+    return row
+
+
+# --- importing --------------------------------------------------------------------------------
+
+Progress = Callable[[int, ImportResult], None]
+
+
+def csv_import(
+    source: bytes | str | Path | IO[bytes],
+    *,
+    kind: str,
+    create_customers: bool = False,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    max_kept_errors: int = MAX_KEPT_ERRORS,
+) -> ImportResult:
+    """Import a customers or events CSV; see the module docstring for the rules.
+
+    The result counts every rejected row and keeps the first ``max_kept_errors`` of them.
+    """
+    csv_file = csv_open(source, kind=kind)
+    result = ImportResult(kind=kind, max_kept_errors=max_kept_errors)
+    is_customers = kind == ImportKind.CUSTOMERS
+    has_event_id = any(name == "event_id" for what, name in csv_file.columns if what == "field")
+    chunk: list = []
+    errors: list[RowError] = []
+
+    def flush() -> None:
+        if is_customers:
+            applied: UpsertResult = customers_upsert(rows=chunk)
+            result.created += applied.created
+            result.updated += applied.updated
+            result.unchanged += applied.unchanged
+            batch_errors = errors + applied.rejected
+        else:
+            ingested: IngestResult = events_ingest(rows=chunk, create_customers=create_customers)
+            result.created += ingested.accepted
+            result.duplicates += ingested.duplicates
+            batch_errors = errors + ingested.rejected
+        result.keep(sorted(batch_errors, key=lambda e: e.row))
+        if progress is not None:
+            progress(result.rows, result)
+        chunk.clear()
+        errors.clear()
+
+    for line, values in csv_file.rows:
+        result.rows += 1
+        try:
+            if is_customers:
+                row = clean_customer(
+                    _row_values(values, csv_file.columns, extra_field="attributes")
+                )
+            else:
+                fields = _row_values(values, csv_file.columns, extra_field="properties")
+                if not has_event_id:
+                    fields["event_id"] = f"csv:{csv_file.digest}:{line}"
+                row = clean_event(fields)
+            chunk.append((line, row))
+        except RowInvalid as error:
+            errors.append(RowError(line, _header_for(csv_file, error.column, kind), error.reason))
+        if len(chunk) + len(errors) >= chunk_rows:
+            flush()
+    if chunk or errors or progress is not None:
+        flush()
+    return result
+
+
+def _header_for(csv_file: CsvFile, column: str | None, kind: str) -> str | None:
+    """Report errors under the file's own header name where there is one."""
+    if column is None:
+        return None
+    for header, (what, name) in zip(csv_file.headers, csv_file.columns, strict=True):
+        if what == "field" and name == column:
+            return header
+    return column
+
+
+# --- import jobs (the upload page runs these as tasks) -----------------------------------------
+
+
+def import_job_create(
+    *, kind: str, upload, created_by=None, create_customers: bool = False
+) -> ImportJob:
+    """Store an uploaded file as a pending import; the caller enqueues ``import_job_run``."""
+    if kind not in ImportKind.values:
+        raise ServiceError(f"Unknown import kind {kind!r}.", field="kind")
+    raw = upload.read()
+    upload.seek(0)
+    csv_open(raw, kind=kind)  # refuse files that cannot be imported at all, right away
+    job = ImportJob(
+        kind=kind,
+        filename=getattr(upload, "name", "upload.csv")[:255],
+        options={"create_customers": create_customers},
+        created_by=created_by,
+    )
+    job.file.save(job.filename or "upload.csv", upload, save=False)
+    job.save()
+    return job
+
+
+def import_job_run(*, job: ImportJob, source: bytes | str | Path | IO[bytes] | None = None) -> None:
+    """Run an import, saving progress after every chunk; failures are recorded on the job."""
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, started_at=timezone.now(), message=""
+    )
+    try:
+        if source is None:
+            with job.file.open("rb") as handle:
+                raw = handle.read()
+        else:
+            raw = source
+        total = csv_open(raw, kind=job.kind).total_rows
+        ImportJob.objects.filter(pk=job.pk).update(total_rows=total)
+
+        def progress(rows: int, result: ImportResult) -> None:
+            ImportJob.objects.filter(pk=job.pk).update(**_job_counts(rows, result))
+
+        result = csv_import(
+            raw,
+            kind=job.kind,
+            create_customers=bool(job.options.get("create_customers")),
+            progress=progress,
+        )
+    except ServiceError as error:
+        ImportJob.objects.filter(pk=job.pk).update(
+            status=JobStatus.FAILED, message=error.message, finished_at=timezone.now()
+        )
+        return
+    except Exception as error:
+        ImportJob.objects.filter(pk=job.pk).update(
+            status=JobStatus.FAILED,
+            message=f"The import stopped: {type(error).__name__}: {error}",
+            finished_at=timezone.now(),
+        )
+        raise
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.SUCCEEDED,
+        finished_at=timezone.now(),
+        total_rows=result.rows,
+        **_job_counts(result.rows, result),
+    )
+
+
+def _job_counts(rows: int, result: ImportResult) -> dict[str, Any]:
+    return {
+        "processed_rows": rows,
+        "created": result.created,
+        "updated": result.updated,
+        "unchanged": result.unchanged + result.duplicates,
+        "rejected": result.rejected,
+        "errors": [error.as_dict(row_key="line") for error in result.errors],
+    }

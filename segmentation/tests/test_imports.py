@@ -1,0 +1,157 @@
+"""CSV import: mapping, encodings, delimiters, row-numbered errors, idempotent re-imports."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+
+from segmentation.models import Customer, Event, ImportJob, JobStatus
+from segmentation.services.imports import CsvError, csv_import, import_job_create, import_job_run
+from segmentation.tests.factories import CustomerFactory
+
+pytestmark = pytest.mark.django_db
+
+CUSTOMERS = """external_id,Email,First Name,last_name,plan,seats,status
+c1,ann@example.com,Ann,Lee,pro,3,subscribed
+c2,bob@example,Bob,Ray,free,1,
+c3,cy@example.com,Cy,,team,007,unsubscribed
+,nobody@example.com,No,Id,,,
+c4,dee@example.com,Dee,Fox,,,frozen
+"""
+
+
+def test_customer_csv_maps_headers_and_reports_bad_rows_by_line():
+    result = csv_import(CUSTOMERS.encode(), kind="customers")
+    assert (result.rows, result.created, result.rejected) == (5, 2, 3)
+    assert [(e.row, e.column) for e in result.errors] == [
+        (3, "Email"),
+        (5, "external_id"),
+        (6, "status"),
+    ]
+    c1 = Customer.objects.get(external_id="c1")
+    assert (c1.email, c1.first_name, c1.last_name) == ("ann@example.com", "Ann", "Lee")
+    assert c1.attributes == {"plan": "pro", "seats": 3}
+    c3 = Customer.objects.get(external_id="c3")
+    assert c3.attributes == {"plan": "team", "seats": "007"}, "only exact integers become numbers"
+    assert c3.subscription_status == "unsubscribed"
+
+
+def test_reimporting_the_same_customer_file_changes_nothing():
+    csv_import(CUSTOMERS.encode(), kind="customers")
+    stamps = dict(Customer.objects.values_list("external_id", "updated_at"))
+    result = csv_import(CUSTOMERS.encode(), kind="customers")
+    assert (result.created, result.updated, result.unchanged, result.rejected) == (0, 0, 2, 3)
+    assert dict(Customer.objects.values_list("external_id", "updated_at")) == stamps
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_delimiter_is_sniffed_and_a_bom_is_fine(delimiter, bom):
+    text = f"external_id{delimiter}email\nx1{delimiter}x1@example.com\nx2{delimiter}\n"
+    result = csv_import(bom + text.encode(), kind="customers")
+    assert result.created == 2
+    assert Customer.objects.get(external_id="x1").email == "x1@example.com"
+
+
+def test_quoted_fields_with_newlines_keep_line_numbers_right():
+    text = 'external_id,first_name,email\nq1,"multi\nline",q1@example.com\nq2,ok,bad\n'
+    result = csv_import(text.encode(), kind="customers")
+    assert result.created == 1
+    assert [(e.row, e.column) for e in result.errors] == [(4, "email")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a CSV file"),
+        ("external_id\n\xe9t\xe9\n".encode("latin-1"), "not UTF-8"),
+        (b"", "empty"),
+        (b"email,first_name\na@example.com,A\n", "Missing column: external_id"),
+        (b"external_id,id\n1,2\n", "both map to external_id"),
+    ],
+)
+def test_files_that_cannot_be_imported_get_a_clear_error(content, message):
+    with pytest.raises(CsvError, match=message):
+        csv_import(content, kind="customers")
+    assert Customer.objects.count() == 0
+
+
+EVENTS = """customer,type,timestamp,amount,sku
+c1,purchase,2024-03-01T10:00:00Z,19.90,A-1
+c1,session,2024-03-01,,
+c1,purchase,2024-03-01T10:00:00Z,19.90,A-1
+ghost,session,2024-03-02,,
+c1,purchase,not-a-date,5,
+"""
+
+
+def test_event_csv_imports_and_reimport_is_a_no_op():
+    CustomerFactory(external_id="c1")
+    result = csv_import(EVENTS.encode(), kind="events")
+    assert (result.rows, result.created, result.duplicates, result.rejected) == (5, 3, 0, 2)
+    assert [(e.row, e.column) for e in result.errors] == [(5, "customer"), (6, "timestamp")]
+    purchase = Event.objects.filter(type="purchase").first()
+    assert purchase.value == Decimal("19.90") and purchase.properties == {"sku": "A-1"}
+    again = csv_import(EVENTS.encode(), kind="events")
+    assert (again.created, again.duplicates) == (0, 3)
+    assert Event.objects.count() == 3, "identical rows in one file are still distinct events"
+
+
+def test_event_csv_with_event_ids_and_customer_creation():
+    text = (
+        "external_id,event,occurred_at,event_id\nn1,signup,2024-01-01,e1\nn1,signup,2024-01-01,e1\n"
+    )
+    result = csv_import(text.encode(), kind="events", create_customers=True)
+    assert (result.created, result.duplicates) == (1, 1)
+    assert Customer.objects.filter(external_id="n1").exists()
+
+
+def test_import_job_runs_with_progress_and_records_errors(settings, tmp_path, marketer):
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", CUSTOMERS.encode(), content_type="text/csv")
+    job = import_job_create(kind="customers", upload=upload, created_by=marketer)
+    assert job.status == JobStatus.PENDING and job.file.name.endswith(".csv")
+    import_job_run(job=job)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert (job.total_rows, job.processed_rows, job.created, job.rejected) == (5, 5, 2, 3)
+    assert job.errors[0] == {"line": 3, "column": "Email", "reason": job.errors[0]["reason"]}
+    assert job.percent == 100
+
+
+def test_import_job_refuses_a_file_that_is_not_csv(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00", content_type="image/png")
+    with pytest.raises(CsvError):
+        import_job_create(kind="customers", upload=upload)
+    assert ImportJob.objects.count() == 0
+
+
+def test_import_commands(tmp_path):
+    customers = tmp_path / "customers.csv"
+    customers.write_text(CUSTOMERS)
+    events = tmp_path / "events.csv"
+    events.write_text(EVENTS)
+    errors = tmp_path / "errors.csv"
+    out = io.StringIO()
+    call_command(
+        "import_customers", str(customers), "--no-progress", "--errors-out", str(errors), stdout=out
+    )
+    assert "5 rows: 2 created, 0 updated, 0 unchanged, 3 rejected." in out.getvalue()
+    assert "line 3, Email:" in out.getvalue()
+    assert errors.read_text().splitlines()[0] == "line,column,reason"
+    assert len(errors.read_text().splitlines()) == 4
+    out = io.StringIO()
+    call_command("import_events", str(events), "--no-progress", stdout=out)
+    assert "3 events stored, 0 duplicates ignored, 2 rejected" in out.getvalue()
+    assert ImportJob.objects.filter(status=JobStatus.SUCCEEDED).count() == 2
+    with pytest.raises(CommandError, match="No such file"):
+        call_command("import_customers", str(tmp_path / "missing.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01\x02")
+    with pytest.raises(CommandError, match="not a CSV file"):
+        call_command("import_customers", str(bad))
