@@ -184,6 +184,11 @@ CELERY_BEAT_SCHEDULE = {
         "kwargs": {"queue": QUEUE_COMPUTE},
         "options": {"queue": QUEUE_COMPUTE, "expires": 60},
     },
+    "segmentation-refresh": {
+        "task": "segmentation.tasks.refresh_scheduled_task",
+        "schedule": crontab(minute=5),  # hourly
+        "options": {"expires": 3000},
+    },
     "heartbeat-prune": {
         "task": "abtest.tasks.heartbeat_prune_task",
         "schedule": crontab(minute=17, hour=3),

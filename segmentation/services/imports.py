@@ -432,3 +432,18 @@ def _job_counts(rows: int, result: ImportResult) -> dict[str, Any]:
         "rejected": result.rejected,
         "errors": [error.as_dict(row_key="line") for error in result.errors],
     }
+
+
+def import_job_submit(
+    *, kind: str, upload, created_by=None, create_customers: bool = False
+) -> ImportJob:
+    """Create an import job and run it on a worker once the current transaction commits."""
+    from django.db import transaction
+
+    from segmentation.tasks import import_job_run_task
+
+    job = import_job_create(
+        kind=kind, upload=upload, created_by=created_by, create_customers=create_customers
+    )
+    transaction.on_commit(lambda: import_job_run_task.delay(job.pk))
+    return job

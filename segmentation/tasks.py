@@ -1,0 +1,36 @@
+"""Celery tasks of the segmentation app (queue ``compute``). Thin: ids in, one service call."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from segmentation.models import ImportJob, JobStatus, RefreshRun
+
+
+@shared_task(acks_late=True)
+def import_job_run_task(job_id: int) -> None:
+    from segmentation.services.imports import import_job_run
+
+    # Claim the job: only a pending job runs, so a redelivered message cannot import twice.
+    claimed = ImportJob.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
+        status=JobStatus.RUNNING
+    )
+    if claimed:
+        import_job_run(job=ImportJob.objects.get(pk=job_id))
+
+
+@shared_task(acks_late=True)
+def refresh_run_task(run_id: int) -> None:
+    from segmentation.services.refresh import refresh_run_execute
+
+    run = RefreshRun.objects.filter(pk=run_id, status=JobStatus.PENDING).first()
+    if run is not None:
+        refresh_run_execute(run=run)
+
+
+@shared_task
+def refresh_scheduled_task() -> None:
+    """Beat, hourly: metrics, RFM, tiers and segments as of now."""
+    from segmentation.services.refresh import refresh_now
+
+    refresh_now(trigger="schedule")
