@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from abtest.admin_actions import export_as_csv
 from abtest.models import WorkerHeartbeat
 
 admin.site.site_header = "Abtest administration"
@@ -12,3 +13,4 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
     list_filter = ("queue",)
     search_fields = ("hostname",)
     readonly_fields = ("queue", "hostname", "seen_at")
+    actions = [export_as_csv]
