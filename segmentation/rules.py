@@ -1,0 +1,1013 @@
+"""Rule segments: the rule JSON format, its validation and its compilation to one SQL query.
+
+A rule is a tree of groups, ``{"all": [...]}`` or ``{"any": [...]}`` (nested at most
+``MAX_DEPTH`` deep, at most ``MAX_CONDITIONS`` conditions and groups in all), whose leaves are
+conditions of three kinds::
+
+    {"field": "metrics.frequency", "op": "gte", "value": 3}
+    {"event": "purchase", "op": "at_least", "count": 2, "days": 30}
+    {"segment": "champions", "op": "in"}
+
+The catalogue the builder page renders its dropdowns from is data: ``RULE_FIELDS`` (concrete
+fields), ``ATTRIBUTE_FIELD`` (the ``attributes.<key>`` family), ``OPERATORS``,
+``EVENT_OPERATORS`` and ``SEGMENT_OPERATORS``; ``rule_catalogue()`` gives all of it as JSON-ready
+dicts.
+
+Semantics (docs/marketers/segments.md says the same for marketers):
+
+- An empty ``all`` matches every customer; an empty ``any`` matches none.
+- A missing value (NULL column, no metrics row yet, absent attribute key or JSON null) makes
+  every comparison false, including ``not_within_last_days``; the negative operators ``neq`` and
+  ``not_in`` are exactly the negation of ``eq`` and ``in``, so a missing value counts as "not
+  equal". ``is_set`` is "present, not null and not the empty string".
+- ``contains`` and ``starts_with`` ignore case. ``eq``/``in`` ignore case on email, names, locale
+  and time zone; they are exact on external id, subscription status, metrics labels and
+  attributes (attributes compare as JSON values: the string ``"3"`` is not the number ``3``).
+- Dates written ``YYYY-MM-DD`` are whole days in the site time zone (``TIME_ZONE``): ``before``
+  a day is before its start, ``after`` a day is from the next day on, ``between`` two days
+  includes both days. Date-times (ISO 8601) compare exactly; naive ones are in the site time
+  zone. ``within_last_days: d`` is ``value >= now - d days``.
+- Event windows count events with ``occurred_at >= now - days`` (all time without ``days``).
+
+Compilation returns a ``Q`` over ``Customer``: ``Customer.objects.filter(q)`` is one SQL query.
+Metric conditions go through the reverse one-to-one join (``metrics__frequency__gte``); positive
+event and segment conditions are non-correlated ``pk IN (subquery)`` (hash semi-joins on
+PostgreSQL); negative ones are ``NOT EXISTS``, which PostgreSQL turns into hash anti-joins
+(``NOT IN`` over a large subquery cannot be, and degrades to a nested scan). Only a rule with
+segment conditions needs a query at compile time, to turn slugs into ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from django.db import NotSupportedError, connection
+from django.db.models import (
+    BooleanField,
+    CharField,
+    Count,
+    Exists,
+    Expression,
+    F,
+    Func,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+)
+from django.db.models.fields.json import KeyTransform, compile_json_path
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from segmentation.models import (
+    Event,
+    Segment,
+    SegmentKind,
+    SegmentMembership,
+    SubscriptionStatus,
+)
+
+MAX_DEPTH = 5
+MAX_CONDITIONS = 100
+MAX_LIST_VALUES = 1000
+MAX_TEXT = 1000
+MAX_DAYS = 36500
+MAX_EVENT_COUNT = 1_000_000
+EVENT_TYPE_MAX_LENGTH = 100
+SLUG_MAX_LENGTH = 200
+ATTRIBUTE_KEY_MAX_LENGTH = 200
+
+
+class RuleError(ValueError):
+    """An invalid rule. ``path`` names the condition (``all[2].any[0]``; empty for the root)."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# --- The catalogue ---------------------------------------------------------------------------
+
+
+class FieldType(StrEnum):
+    TEXT = "text"
+    CHOICE = "choice"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    DATETIME = "datetime"
+    ATTRIBUTE = "attribute"  # JSON: string, number or boolean; the value's type decides
+
+
+class ValueKind(StrEnum):
+    """What an operator's ``value`` is, so the builder knows which input to draw."""
+
+    NONE = "none"  # no value
+    ONE = "one"  # one value of the field's type
+    LIST = "list"  # a non-empty list of values
+    PAIR = "pair"  # [low, high], both included
+    DAYS = "days"  # a whole number of days
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    label: str
+    value: ValueKind
+    help: str = ""
+
+
+OPERATORS: dict[str, Operator] = {
+    op.name: op
+    for op in (
+        Operator("eq", "is", ValueKind.ONE),
+        Operator("neq", "is not", ValueKind.ONE, "Customers without a value match too."),
+        Operator("in", "is one of", ValueKind.LIST),
+        Operator("not_in", "is none of", ValueKind.LIST, "Customers without a value match too."),
+        Operator("contains", "contains", ValueKind.ONE, "Ignores case."),
+        Operator("starts_with", "starts with", ValueKind.ONE, "Ignores case."),
+        Operator("gt", "is greater than", ValueKind.ONE),
+        Operator("gte", "is at least", ValueKind.ONE),
+        Operator("lt", "is less than", ValueKind.ONE),
+        Operator("lte", "is at most", ValueKind.ONE),
+        Operator("between", "is between", ValueKind.PAIR, "Both ends included."),
+        Operator("is_set", "is set", ValueKind.NONE, "Present, and neither null nor empty."),
+        Operator("is_not_set", "is not set", ValueKind.NONE),
+        Operator("before", "is before", ValueKind.ONE),
+        Operator("after", "is after", ValueKind.ONE),
+        Operator("within_last_days", "is in the last … days", ValueKind.DAYS),
+        Operator(
+            "not_within_last_days",
+            "is more than … days ago",
+            ValueKind.DAYS,
+            "Customers without a value do not match.",
+        ),
+    )
+}
+
+EVENT_OPERATORS: dict[str, Operator] = {
+    op.name: op
+    for op in (
+        Operator("at_least", "did it at least … times", ValueKind.NONE, "Needs count >= 1."),
+        Operator(
+            "fewer_than",
+            "did it fewer than … times",
+            ValueKind.NONE,
+            "Customers who never did it match too.",
+        ),
+        Operator("never", "never did it", ValueKind.NONE),
+    )
+}
+
+SEGMENT_OPERATORS: dict[str, Operator] = {
+    "in": Operator("in", "is in segment", ValueKind.NONE),
+    "not_in": Operator("not_in", "is not in segment", ValueKind.NONE),
+}
+
+TEXT_OPS = ("eq", "neq", "in", "not_in", "contains", "starts_with", "is_set", "is_not_set")
+CHOICE_OPS = ("eq", "neq", "in", "not_in")
+NUMBER_OPS = ("eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "between")
+DATETIME_OPS = ("before", "after", "between", "within_last_days", "not_within_last_days")
+SET_OPS = ("is_set", "is_not_set")
+ATTRIBUTE_OPS = (*TEXT_OPS[:6], "gt", "gte", "lt", "lte", "between", *SET_OPS)
+
+
+@dataclass(frozen=True)
+class RuleField:
+    """A field a condition can test. ``lookup`` is the ORM path from ``Customer``."""
+
+    name: str
+    label: str
+    type: FieldType
+    group: str
+    ops: tuple[str, ...]
+    lookup: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
+    nullable: bool = False  # may be missing: NULL column or no metrics row
+    case_insensitive: bool = False  # eq/neq/in/not_in ignore case
+    help: str = ""
+
+
+def _customer(name: str, label: str, type_: FieldType, ops: tuple[str, ...], **kw) -> RuleField:
+    return RuleField(name, label, type_, "Customer", ops, lookup=name, **kw)
+
+
+def _metric(name: str, label: str, type_: FieldType, ops: tuple[str, ...], **kw) -> RuleField:
+    # Every metric may be missing: customers get a metrics row at the first metrics refresh.
+    return RuleField(
+        f"metrics.{name}",
+        label,
+        type_,
+        "Metrics",
+        (*ops, *SET_OPS),
+        lookup=f"metrics__{name}",
+        nullable=True,
+        **kw,
+    )
+
+
+_T = FieldType
+_SCORE_CHOICES = tuple((str(n), str(n)) for n in range(1, 6))
+
+RULE_FIELDS: dict[str, RuleField] = {
+    f.name: f
+    for f in (
+        _customer("external_id", "External id", _T.TEXT, TEXT_OPS[:6]),
+        _customer("email", "Email", _T.TEXT, TEXT_OPS, nullable=True, case_insensitive=True),
+        _customer("first_name", "First name", _T.TEXT, TEXT_OPS, case_insensitive=True),
+        _customer("last_name", "Last name", _T.TEXT, TEXT_OPS, case_insensitive=True),
+        _customer("locale", "Locale", _T.TEXT, TEXT_OPS, case_insensitive=True),
+        _customer("time_zone", "Time zone", _T.TEXT, TEXT_OPS, case_insensitive=True),
+        _customer(
+            "subscription_status",
+            "Subscription status",
+            _T.CHOICE,
+            CHOICE_OPS,
+            choices=tuple(SubscriptionStatus.choices),
+        ),
+        _customer("created_at", "Created", _T.DATETIME, DATETIME_OPS),
+        _customer("updated_at", "Last updated", _T.DATETIME, DATETIME_OPS),
+        _metric("frequency", "Purchases", _T.INTEGER, NUMBER_OPS),
+        _metric("monetary", "Total spent", _T.DECIMAL, NUMBER_OPS),
+        _metric("recency_days", "Days since last purchase", _T.INTEGER, NUMBER_OPS),
+        _metric("first_purchase_at", "First purchase", _T.DATETIME, DATETIME_OPS),
+        _metric("last_purchase_at", "Last purchase", _T.DATETIME, DATETIME_OPS),
+        _metric("last_activity_at", "Last activity", _T.DATETIME, DATETIME_OPS),
+        _metric("emails_sent", "Emails sent", _T.INTEGER, NUMBER_OPS),
+        _metric("emails_opened", "Emails opened", _T.INTEGER, NUMBER_OPS),
+        _metric("emails_clicked", "Emails clicked", _T.INTEGER, NUMBER_OPS),
+        _metric("r_score", "Recency score (1-5)", _T.INTEGER, NUMBER_OPS, choices=_SCORE_CHOICES),
+        _metric("f_score", "Frequency score (1-5)", _T.INTEGER, NUMBER_OPS, choices=_SCORE_CHOICES),
+        _metric("m_score", "Monetary score (1-5)", _T.INTEGER, NUMBER_OPS, choices=_SCORE_CHOICES),
+        _metric(
+            "rfm_segment",
+            "RFM segment",
+            _T.TEXT,
+            TEXT_OPS[:6],
+            help="The slug of the customer's RFM segment.",
+        ),
+        _metric("engagement_points", "Engagement points", _T.INTEGER, NUMBER_OPS),
+        _metric("engagement_tier", "Engagement tier", _T.TEXT, TEXT_OPS[:6]),
+    )
+}
+
+#: ``attributes.<key>``: any key of the customer's ``attributes`` JSON.
+ATTRIBUTE_FIELD = RuleField(
+    "attributes.*",
+    "Attribute",
+    FieldType.ATTRIBUTE,
+    "Attributes",
+    ATTRIBUTE_OPS,
+    lookup="attributes",
+    nullable=True,
+    help="Write attributes.<key>. Text values use text operators, numbers numeric ones.",
+)
+ATTRIBUTE_PREFIX = "attributes."
+
+
+def rule_field(name: str) -> tuple[RuleField, str | None]:
+    """The field a condition names, and the attribute key for ``attributes.<key>``."""
+    if name.startswith(ATTRIBUTE_PREFIX):
+        return ATTRIBUTE_FIELD, name[len(ATTRIBUTE_PREFIX) :]
+    return RULE_FIELDS[name], None
+
+
+def rule_catalogue() -> dict[str, Any]:
+    """Fields and operators as JSON-ready data (choices that live in the database excluded)."""
+
+    def field(f: RuleField) -> dict[str, Any]:
+        data = asdict(f)
+        del data["lookup"]
+        data["choices"] = [list(c) for c in f.choices]
+        data["ops"] = list(f.ops)
+        return data
+
+    return {
+        "fields": [field(f) for f in (*RULE_FIELDS.values(), ATTRIBUTE_FIELD)],
+        "operators": [asdict(o) for o in OPERATORS.values()],
+        "event_operators": [asdict(o) for o in EVENT_OPERATORS.values()],
+        "segment_operators": [asdict(o) for o in SEGMENT_OPERATORS.values()],
+        "limits": {
+            "max_depth": MAX_DEPTH,
+            "max_conditions": MAX_CONDITIONS,
+            "max_list_values": MAX_LIST_VALUES,
+            "max_days": MAX_DAYS,
+        },
+    }
+
+
+# --- Parsing: JSON -> a checked tree ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    path: str
+    kind: str  # "all" or "any"
+    children: tuple[_Node, ...]
+
+
+@dataclass(frozen=True)
+class _FieldCondition:
+    path: str
+    name: str
+    field: RuleField
+    key: str | None
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class _EventCondition:
+    path: str
+    type: str
+    op: str
+    count: int
+    days: int | None
+
+
+@dataclass(frozen=True)
+class _SegmentCondition:
+    path: str
+    slug: str
+    op: str
+
+
+_Node = _Group | _FieldCondition | _EventCondition | _SegmentCondition
+
+_GROUP_KEYS = ("all", "any")
+_KIND_KEYS = ("field", "event", "segment")
+_ALLOWED_KEYS = {
+    "field": {"field", "op", "value"},
+    "event": {"event", "op", "count", "days"},
+    "segment": {"segment", "op"},
+}
+
+
+def rule_validate(rule: Any) -> None:
+    """Check the rule's structure and types (no database). Raises ``RuleError``."""
+    _parse(rule)
+
+
+def _parse(rule: Any) -> _Group:
+    if not isinstance(rule, dict) or not any(k in rule for k in _GROUP_KEYS):
+        raise RuleError("", 'a rule must be a group: {"all": [...]} or {"any": [...]}')
+    counter = [0]
+    return _parse_group(rule, "", 1, counter)
+
+
+def _parse_group(node: dict, path: str, depth: int, counter: list[int]) -> _Group:
+    kinds = [k for k in _GROUP_KEYS if k in node]
+    if len(node) != 1 or len(kinds) != 1:
+        raise RuleError(path, "a group has exactly one key, 'all' or 'any'")
+    if depth > MAX_DEPTH:
+        raise RuleError(path, f"groups can be nested at most {MAX_DEPTH} deep")
+    kind = kinds[0]
+    items = node[kind]
+    if not isinstance(items, list):
+        raise RuleError(path, f"'{kind}' needs a list of conditions")
+    prefix = f"{path}.{kind}" if path else kind
+    children = []
+    for index, item in enumerate(items):
+        item_path = f"{prefix}[{index}]"
+        counter[0] += 1
+        if counter[0] > MAX_CONDITIONS:
+            raise RuleError(
+                item_path, f"a rule can have at most {MAX_CONDITIONS} conditions and groups"
+            )
+        children.append(_parse_node(item, item_path, depth, counter))
+    return _Group(path, kind, tuple(children))
+
+
+def _parse_node(node: Any, path: str, depth: int, counter: list[int]) -> _Node:
+    if not isinstance(node, dict):
+        raise RuleError(path, "a condition must be an object")
+    if any(k in node for k in _GROUP_KEYS):
+        return _parse_group(node, path, depth + 1, counter)
+    kinds = [k for k in _KIND_KEYS if k in node]
+    if len(kinds) != 1:
+        raise RuleError(
+            path, "a condition has exactly one of 'field', 'event' or 'segment' (or is a group)"
+        )
+    kind = kinds[0]
+    unexpected = sorted(set(node) - _ALLOWED_KEYS[kind])
+    if unexpected:
+        raise RuleError(path, f"unexpected key {unexpected[0]!r} in {kind} condition")
+    if kind == "field":
+        return _parse_field(node, path)
+    if kind == "event":
+        return _parse_event(node, path)
+    return _parse_segment(node, path)
+
+
+def _parse_field(node: dict, path: str) -> _FieldCondition:
+    name = node["field"]
+    if not isinstance(name, str) or not name:
+        raise RuleError(path, "'field' must be a field name")
+    try:
+        field, key = rule_field(name)
+    except KeyError:
+        known = [*RULE_FIELDS, "attributes"]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise RuleError(path, f"{name} is not a known field{hint}") from None
+    if key is not None and (
+        not key
+        or len(key) > ATTRIBUTE_KEY_MAX_LENGTH
+        or any(ord(c) < 32 for c in key)
+        or "\x00" in key
+    ):
+        raise RuleError(path, f"{name!r}: write attributes.<key> with a non-empty key")
+    op = node.get("op")
+    if op is None:
+        raise RuleError(path, f"{name}: 'op' is missing")
+    if op not in OPERATORS:
+        raise RuleError(path, f"{op!r} is not a known operator")
+    if op not in field.ops:
+        raise RuleError(path, f"{name} does not support '{op}'; use one of: {', '.join(field.ops)}")
+    value = _parse_value(field, name, op, node.get("value"), "value" in node, path)
+    return _FieldCondition(path, name, field, key, op, value)
+
+
+def _parse_value(field: RuleField, name: str, op: str, value: Any, given: bool, path: str) -> Any:
+    kind = OPERATORS[op].value
+    if kind is ValueKind.NONE:
+        if given and value is not None:
+            raise RuleError(path, f"'{op}' takes no value")
+        return None
+    if not given or value is None:
+        raise RuleError(path, f"'{op}' needs a value")
+    if kind is ValueKind.DAYS:
+        if not _is_int(value) or not 1 <= value <= MAX_DAYS:
+            raise RuleError(path, f"'{op}' needs a whole number of days between 1 and {MAX_DAYS}")
+        return int(value)
+    noun = _noun(field, op)
+    if kind is ValueKind.LIST:
+        if not isinstance(value, list) or not value:
+            raise RuleError(path, f"'{op}' needs a non-empty list of {noun}s")
+        if len(value) > MAX_LIST_VALUES:
+            raise RuleError(path, f"'{op}' takes at most {MAX_LIST_VALUES} values")
+        return tuple(
+            _scalar(field, name, op, v, path, f"'{op}' needs a list of {noun}s") for v in value
+        )
+    if kind is ValueKind.PAIR:
+        message = f"'{op}' needs a list of two {noun}s"
+        if not isinstance(value, list) or len(value) != 2:
+            raise RuleError(path, message)
+        low, high = (_scalar(field, name, op, v, path, message) for v in value)
+        if _bound(low, upper=False) > _bound(high, upper=True):
+            raise RuleError(path, f"'{op}' needs the lower bound first")
+        return (low, high)
+    return _scalar(field, name, op, value, path, f"'{op}' needs a {noun}")
+
+
+def _noun(field: RuleField, op: str) -> str:
+    if field.type is FieldType.DATETIME:
+        return "date"
+    if field.type in (FieldType.INTEGER, FieldType.DECIMAL):
+        return "number"
+    if field.type is FieldType.ATTRIBUTE:
+        if op in ("gt", "gte", "lt", "lte", "between"):
+            return "number"
+        if op in ("contains", "starts_with"):
+            return "text value"
+        return "text, number or true/false value"
+    return "text value"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _scalar(field: RuleField, name: str, op: str, value: Any, path: str, message: str) -> Any:
+    type_ = field.type
+    if type_ in (FieldType.TEXT, FieldType.CHOICE) or (
+        type_ is FieldType.ATTRIBUTE and op in ("contains", "starts_with")
+    ):
+        if not isinstance(value, str):
+            raise RuleError(path, message)
+        if len(value) > MAX_TEXT:
+            raise RuleError(path, f"'{op}' values are at most {MAX_TEXT} characters")
+        if op in ("contains", "starts_with") and not value:
+            raise RuleError(path, f"'{op}' needs a non-empty text value")
+        if type_ is FieldType.CHOICE and value not in dict(field.choices):
+            allowed = ", ".join(c for c, _ in field.choices)
+            raise RuleError(path, f"{value!r} is not a {name} (use one of: {allowed})")
+        return value
+    if type_ is FieldType.INTEGER:
+        if not _is_number(value):
+            raise RuleError(path, message)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise RuleError(path, f"{name} takes whole numbers")
+            value = int(value)
+        return value
+    if type_ is FieldType.DECIMAL:
+        if not _is_number(value):
+            raise RuleError(path, message)
+        return Decimal(str(value))
+    if type_ is FieldType.DATETIME:
+        return _parse_when(value, path, message)
+    # ATTRIBUTE
+    if op in ("gt", "gte", "lt", "lte", "between"):
+        if not _is_number(value):
+            raise RuleError(path, message)
+        return value
+    if isinstance(value, bool) or _is_number(value):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise RuleError(path, f"'{op}' values are at most {MAX_TEXT} characters")
+        return value
+    raise RuleError(path, message)
+
+
+def _parse_when(value: Any, path: str, message: str) -> dt.date | dt.datetime:
+    if not isinstance(value, str):
+        raise RuleError(path, message)
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return dt.date.fromisoformat(text)
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RuleError(
+            path, f"{value!r} is not a date (write YYYY-MM-DD or an ISO 8601 date and time)"
+        ) from None
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, timezone.get_default_timezone())
+    return moment
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return timezone.make_aware(
+        dt.datetime.combine(day, dt.time.min), timezone.get_default_timezone()
+    )
+
+
+def _bound(value: Any, *, upper: bool) -> Any:
+    """A comparable form of a between bound (dates become the instant they stand for)."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return (
+            _day_start(value + dt.timedelta(days=1)) - dt.timedelta(microseconds=1)
+            if upper
+            else _day_start(value)
+        )
+    return value
+
+
+def _parse_event(node: dict, path: str) -> _EventCondition:
+    type_ = node["event"]
+    if not isinstance(type_, str) or not type_.strip():
+        raise RuleError(path, "'event' must be an event type")
+    if len(type_) > EVENT_TYPE_MAX_LENGTH:
+        raise RuleError(path, f"event types are at most {EVENT_TYPE_MAX_LENGTH} characters")
+    op = node.get("op")
+    if op is None:
+        raise RuleError(path, f"event {type_}: 'op' is missing")
+    if op not in EVENT_OPERATORS:
+        raise RuleError(
+            path, f"{op!r} is not an event operator (use one of: {', '.join(EVENT_OPERATORS)})"
+        )
+    count = node.get("count")
+    if op == "never":
+        if count is not None:
+            raise RuleError(path, "'never' takes no count")
+        count = 1
+    elif not _is_int(count) or not 1 <= count <= MAX_EVENT_COUNT:
+        raise RuleError(path, f"'{op}' needs a count: a whole number of at least 1")
+    days = node.get("days")
+    if days is not None and (not _is_int(days) or not 1 <= days <= MAX_DAYS):
+        raise RuleError(path, f"'days' must be a whole number between 1 and {MAX_DAYS}")
+    return _EventCondition(path, type_, op, count, days)
+
+
+def _parse_segment(node: dict, path: str) -> _SegmentCondition:
+    slug = node["segment"]
+    if not isinstance(slug, str) or not slug or len(slug) > SLUG_MAX_LENGTH:
+        raise RuleError(path, "'segment' must be a segment's slug")
+    op = node.get("op")
+    if op not in SEGMENT_OPERATORS:
+        raise RuleError(path, f"segment {slug}: 'op' must be 'in' or 'not_in'")
+    return _SegmentCondition(path, slug, op)
+
+
+def _walk(node: _Node) -> Iterator[_Node]:
+    yield node
+    if isinstance(node, _Group):
+        for child in node.children:
+            yield from _walk(child)
+
+
+# --- Segment references ------------------------------------------------------------------------
+
+
+def rule_referenced_segments(rule: Any) -> set[str]:
+    """The slugs a rule's segment conditions name. Tolerant: ignores whatever is malformed."""
+    found: set[str] = set()
+    stack = [rule]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            slug = node.get("segment")
+            if isinstance(slug, str) and slug:
+                found.add(slug)
+            for key in _GROUP_KEYS:
+                if isinstance(node.get(key), list):
+                    stack.extend(node[key])
+    return found
+
+
+def rule_find_cycle(slug: str, rule: Any, graph: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A path of slugs ``[slug, ..., slug]`` if saving ``rule`` as ``slug`` closes a cycle.
+
+    ``graph`` maps each other segment's slug to the slugs its rule references (the current
+    edges of ``slug`` itself are ignored: ``rule`` replaces them).
+    """
+    edges = {k: set(v) for k, v in graph.items() if k != slug}
+    edges[slug] = rule_referenced_segments(rule)
+    # Depth-first search from slug back to slug; `parents` rebuilds the path.
+    stack: list[tuple[str, Iterator[str]]] = [(slug, iter(sorted(edges[slug])))]
+    on_path = [slug]
+    seen: set[str] = set()
+    while stack:
+        node, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            on_path.pop()
+            continue
+        if child == slug:
+            return [*on_path, slug]
+        if child in seen:
+            continue
+        seen.add(child)
+        stack.append((child, iter(sorted(edges.get(child, ())))))
+        on_path.append(child)
+    return None
+
+
+def rule_segment_graph(*, exclude: str | None = None) -> dict[str, set[str]]:
+    """Each rule segment's slug and the slugs its rule references (one query)."""
+    rows = Segment.objects.filter(kind=SegmentKind.RULE).values_list("slug", "rule")
+    return {slug: rule_referenced_segments(rule) for slug, rule in rows if slug != exclude}
+
+
+def rule_validate_references(rule: Any, *, slug: str | None = None) -> dict[str, int]:
+    """Structure, then the database: every referenced segment exists, and saving ``rule`` as
+    segment ``slug`` closes no cycle. Returns ``{slug: segment id}``. Raises ``RuleError``."""
+    tree = _parse(rule)
+    ids = _segment_ids(tree)
+    if slug is not None and ids:
+        cycle = rule_find_cycle(slug, rule, rule_segment_graph(exclude=slug))
+        if cycle:
+            first_hop = cycle[1]
+            path = next(
+                n.path
+                for n in _walk(tree)
+                if isinstance(n, _SegmentCondition) and n.slug == first_hop
+            )
+            raise RuleError(path, f"segment reference cycle: {' -> '.join(cycle)}")
+    return ids
+
+
+def _segment_ids(tree: _Group) -> dict[str, int]:
+    conditions = [n for n in _walk(tree) if isinstance(n, _SegmentCondition)]
+    if not conditions:
+        return {}
+    ids = dict(
+        Segment.objects.filter(slug__in={c.slug for c in conditions}).values_list("slug", "id")
+    )
+    for condition in conditions:
+        if condition.slug not in ids:
+            raise RuleError(condition.path, f"segment {condition.slug!r} does not exist")
+    return ids
+
+
+# --- Compilation -------------------------------------------------------------------------------
+
+
+def rule_compile(rule: Any, *, now: dt.datetime | None = None) -> Q:
+    """A ``Q`` over ``Customer`` for the rule; ``now`` anchors the day windows."""
+    tree = _parse(rule)
+    ids = _segment_ids(tree)
+    compiler = _Compiler(now or timezone.now(), ids, connection.vendor)
+    return compiler.node(tree)
+
+
+# Always true / always false, which Django folds away (a bare Q() would vanish inside an OR).
+_NOTHING = Q(pk__in=[])
+_EVERYTHING = ~Q(pk__in=[])
+
+
+class _Compiler:
+    def __init__(self, now: dt.datetime, segment_ids: dict[str, int], vendor: str):
+        self.now = now
+        self.segment_ids = segment_ids
+        self.vendor = vendor
+
+    def node(self, node: _Node) -> Q:
+        if isinstance(node, _Group):
+            return self.group(node)
+        if isinstance(node, _FieldCondition):
+            if node.field.type is FieldType.ATTRIBUTE:
+                return self.attribute(node)
+            return self.field(node)
+        if isinstance(node, _EventCondition):
+            return self.event(node)
+        return self.segment(node)
+
+    def group(self, group: _Group) -> Q:
+        parts = [self.node(child) for child in group.children]
+        if not parts:
+            return _EVERYTHING if group.kind == "all" else _NOTHING
+        q = parts[0]
+        for part in parts[1:]:
+            q = (q & part) if group.kind == "all" else (q | part)
+        return q
+
+    # Customer and metrics fields: Django string lookups, so that Django promotes the metrics
+    # join to LEFT OUTER under OR/NOT and guards negations against NULLs.
+
+    def field(self, c: _FieldCondition) -> Q:
+        f, op, value, path = c.field, c.op, c.value, c.field.lookup
+        if op == "is_set":
+            return self.present(f)
+        if op == "is_not_set":
+            return ~self.present(f)
+        if op in ("neq", "not_in"):
+            positive = self.field(replace(c, op="eq" if op == "neq" else "in"))
+            if f.nullable:
+                positive &= Q(**{f"{path}__isnull": False})
+            return ~positive
+        if op == "eq":
+            if f.case_insensitive:
+                return Q(_Lookup(Lower(F(path)), "exact", value.lower()))
+            return Q(**{path: value})
+        if op == "in":
+            if f.case_insensitive:
+                return Q(_Lookup(Lower(F(path)), "in", sorted({v.lower() for v in value})))
+            return Q(**{f"{path}__in": sorted(set(value))})
+        if op in ("contains", "starts_with"):
+            if f.case_insensitive:
+                # lower(email) LIKE 'abc%' can use the lower(email) text_pattern_ops index.
+                lookup = "contains" if op == "contains" else "startswith"
+                return Q(_Lookup(Lower(F(path)), lookup, value.lower()))
+            return Q(**{f"{path}__{'icontains' if op == 'contains' else 'istartswith'}": value})
+        if op in ("gt", "gte", "lt", "lte"):
+            return Q(**{f"{path}__{op}": value})
+        if op == "between":
+            low, high = value
+            if f.type is FieldType.DATETIME:
+                return self.lower_bound(path, low) & self.upper_bound(path, high)
+            return Q(**{f"{path}__range": (low, high)})
+        if op == "before":
+            return Q(
+                **{f"{path}__lt": value if isinstance(value, dt.datetime) else _day_start(value)}
+            )
+        if op == "after":
+            if isinstance(value, dt.datetime):
+                return Q(**{f"{path}__gt": value})
+            return Q(**{f"{path}__gte": _day_start(value + dt.timedelta(days=1))})
+        if op == "within_last_days":
+            return Q(**{f"{path}__gte": self.now - dt.timedelta(days=value)})
+        if op == "not_within_last_days":
+            return Q(**{f"{path}__lt": self.now - dt.timedelta(days=value)})
+        raise AssertionError(op)  # pragma: no cover - the parser allows no other operator
+
+    @staticmethod
+    def lower_bound(path: str, value: dt.date) -> Q:
+        if isinstance(value, dt.datetime):
+            return Q(**{f"{path}__gte": value})
+        return Q(**{f"{path}__gte": _day_start(value)})
+
+    @staticmethod
+    def upper_bound(path: str, value: dt.date) -> Q:
+        if isinstance(value, dt.datetime):
+            return Q(**{f"{path}__lte": value})
+        return Q(**{f"{path}__lt": _day_start(value + dt.timedelta(days=1))})
+
+    @staticmethod
+    def present(f: RuleField) -> Q:
+        path = f.lookup
+        q = Q(**{f"{path}__isnull": False}) if f.nullable else None
+        if f.type is FieldType.TEXT:
+            not_empty = ~Q(**{path: ""})
+            q = not_empty if q is None else q & not_empty
+        return q if q is not None else _EVERYTHING
+
+    # Attributes: JSON values; every comparison is guarded by the value's JSON type, which
+    # makes each condition TRUE or FALSE, never NULL, so negation is plain NOT.
+
+    def attribute(self, c: _FieldCondition) -> Q:
+        key, op, value = c.key, c.op, c.value
+        assert key is not None
+        if op == "is_set":
+            return ~_is_json_type(key, "null")
+        if op == "is_not_set":
+            return _is_json_type(key, "null")
+        if op == "neq":
+            return ~self.attribute(replace(c, op="eq"))
+        if op == "not_in":
+            return ~self.attribute(replace(c, op="in"))
+        if op in ("eq", "in"):
+            values = (value,) if op == "eq" else value
+            if self.vendor == "postgresql":
+                # jsonb containment is exact JSON equality for scalars, and can use a GIN
+                # index on attributes.
+                return _any_of(Q(attributes__contains={key: v}) for v in _dedupe(values))
+            by_type: dict[str, list[Any]] = {}
+            for v in _dedupe(values):
+                by_type.setdefault(_json_type(v), []).append(v)
+            return _any_of(
+                _is_json_type(key, t)
+                & Q(
+                    _Lookup(
+                        _key(key), "exact" if len(vs) == 1 else "in", vs[0] if len(vs) == 1 else vs
+                    )
+                )
+                for t, vs in by_type.items()
+            )
+        if op in ("contains", "starts_with"):
+            lookup = "icontains" if op == "contains" else "istartswith"
+            return _is_json_type(key, "string") & Q(_Lookup(_key(key), lookup, value))
+        if op in ("gt", "gte", "lt", "lte"):
+            return _is_json_type(key, "number") & Q(_Lookup(_key(key), op, value))
+        if op == "between":
+            low, high = value
+            return (
+                _is_json_type(key, "number")
+                & Q(_Lookup(_key(key), "gte", low))
+                & Q(_Lookup(_key(key), "lte", high))
+            )
+        raise AssertionError(op)  # pragma: no cover
+
+    # Events: positive conditions are non-correlated IN subqueries (hash semi-joins); negative
+    # ones NOT EXISTS (hash anti-joins).
+
+    def events(self, c: _EventCondition) -> QuerySet:
+        qs = Event.objects.filter(type=c.type)
+        if c.days is not None:
+            qs = qs.filter(occurred_at__gte=self.now - dt.timedelta(days=c.days))
+        return qs
+
+    def event(self, c: _EventCondition) -> Q:
+        events = self.events(c)
+        if c.op == "never" or (c.op == "fewer_than" and c.count == 1):
+            return Q(~Exists(events.filter(customer_id=OuterRef("pk"))))
+        if c.count == 1:
+            return Q(pk__in=events.values("customer_id"))
+        repeaters = (
+            events.values("customer_id")
+            .annotate(n=Count("*"))
+            .filter(n__gte=c.count)
+            .values("customer_id")
+        )
+        if c.op == "at_least":
+            return Q(pk__in=repeaters)
+        return Q(_NotInSubquery(repeaters))
+
+    def segment(self, c: _SegmentCondition) -> Q:
+        members = SegmentMembership.objects.filter(
+            segment_id=self.segment_ids[c.slug], left_at__isnull=True
+        )
+        if c.op == "in":
+            return Q(pk__in=members.values("customer_id"))
+        return Q(~Exists(members.filter(customer_id=OuterRef("pk"))))
+
+
+def _dedupe(values: Iterable[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if not any(type(v) is type(s) and v == s for s in seen):
+            seen.append(v)
+    return seen
+
+
+def _any_of(parts: Iterable[Q]) -> Q:
+    result: Q | None = None
+    for part in parts:
+        result = part if result is None else result | part
+    return result if result is not None else _NOTHING
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string"
+
+
+def _key(key: str) -> KeyTransform:
+    return KeyTransform(key, F("attributes"))
+
+
+def _is_json_type(key: str, json_type: str) -> Q:
+    return Q(_Lookup(_JsonType(key), "exact", json_type))
+
+
+class _Lookup(Expression):
+    """A lookup built when the query resolves it, once the left side's field is known.
+
+    Lets a condition apply ``exact``/``in``/``icontains``... to an expression (``Lower(F(...))``,
+    a JSON key whose name could not be written as a ``__`` path) inside a ``Q``.
+    """
+
+    conditional = True
+    output_field = BooleanField()
+
+    def __init__(self, lhs: Expression, lookup_name: str, rhs: Any):
+        super().__init__()
+        self.lhs = lhs
+        self.lookup_name = lookup_name
+        self.rhs = rhs
+
+    def resolve_expression(
+        self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False
+    ):
+        lhs = self.lhs.resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        lookup_class = lhs.get_lookup(self.lookup_name)
+        return lookup_class(lhs, self.rhs)
+
+
+class _JsonType(Func):
+    """The JSON type of ``attributes -> key``: string, number, boolean, object, array or null
+    (null also when the key is absent): never SQL NULL."""
+
+    output_field = CharField()
+
+    def __init__(self, key: str):
+        super().__init__(F("attributes"))
+        self.key = key
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotSupportedError("attribute conditions need PostgreSQL or SQLite")
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"COALESCE(jsonb_typeof({sql} -> %s), 'null')", (*params, self.key)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        path = compile_json_path([self.key])
+        kind = f"json_type({sql}, %s)"
+        return (
+            f"COALESCE(CASE {kind} WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' "
+            f"WHEN 'text' THEN 'string' WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' "
+            f"ELSE {kind} END, 'null')",
+            (*params, path, *params, path),
+        )
+
+
+class _NotInSubquery(Expression):
+    """``NOT EXISTS (SELECT 1 FROM (<subquery>) s WHERE s.customer_id = customer.id)``.
+
+    Same meaning as ``NOT (id IN (subquery))`` for a subquery without NULLs, but PostgreSQL
+    plans it as a hash anti-join even when the subquery is grouped; ``NOT IN`` over a subquery
+    too big to hash in work_mem becomes a nested scan per customer.
+    """
+
+    conditional = True
+    output_field = BooleanField()
+
+    def __init__(self, queryset: QuerySet, lhs: Expression | None = None):
+        super().__init__()
+        self.queryset = queryset
+        self.lhs = lhs if lhs is not None else F("pk")
+        self.subquery = Subquery(queryset)
+
+    def get_source_expressions(self):
+        return [self.lhs, self.subquery]
+
+    def set_source_expressions(self, exprs):
+        self.lhs, self.subquery = exprs
+
+    def resolve_expression(
+        self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False
+    ):
+        clone = self.copy()
+        clone.lhs = self.lhs.resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        clone.subquery = self.subquery.resolve_expression(
+            query, allow_joins, reuse, summarize, for_save
+        )
+        return clone
+
+    def as_sql(self, compiler, connection, **extra):
+        lhs_sql, lhs_params = compiler.compile(self.lhs)
+        sub_sql, sub_params = compiler.compile(self.subquery)
+        alias = connection.ops.quote_name("_repeaters")
+        column = connection.ops.quote_name("customer_id")
+        sql = f"NOT EXISTS (SELECT 1 FROM {sub_sql} {alias} WHERE {alias}.{column} = {lhs_sql})"
+        return sql, (*sub_params, *lhs_params)
