@@ -8,7 +8,7 @@ RUN_ENV := DEBUG=$${DEBUG:-1}
 # Tests need a SECRET_KEY; pytest gets one from abtest/pytest_plugin.py, manage.py from here.
 TEST_ENV := SECRET_KEY=$${SECRET_KEY:-insecure-test-only-key}
 
-.PHONY: run test lint format bench docs docs-serve worker beat migrate lock clean env-file
+.PHONY: run test lint format bench calibration fixtures docs docs-serve worker beat migrate lock clean env-file
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %d.%d); set PYTHON=python3.11" % sys.version_info[:2])'
@@ -48,6 +48,14 @@ format: $(VENV)/.dev
 ## bench: every benchmark under bench/, one table
 bench: $(VENV)/.dev
 	$(TEST_ENV) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## calibration: the seeded A/A and power simulation behind docs/statistics.md
+calibration: $(VENV)/.dev
+	$(BIN)/python bench/calibration.py
+
+## fixtures: regenerate the gbstats reference fixtures (gbstats 0.8.0 in its own venv)
+fixtures: $(VENV)/.dev
+	$(BIN)/python bench/make_gbstats_fixtures.py
 
 ## docs: build the MkDocs site strictly (warnings are errors)
 docs: $(VENV)/.dev

@@ -1,6 +1,6 @@
 """The engine reproduces GrowthBook's gbstats 0.8.0 on committed reference fixtures.
 
-The fixtures (experiments/tests/data/gbstats_*.json) come from scripts/make_gbstats_fixtures.py,
+The fixtures (experiments/tests/data/gbstats_*.json) come from bench/make_gbstats_fixtures.py,
 which runs gbstats in its own virtual environment; these tests need neither gbstats nor network.
 """
 

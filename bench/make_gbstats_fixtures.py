@@ -5,7 +5,7 @@ its own: started with any python, it re-executes itself inside ``bench/.venvs/gb
 (creating it when missing). The project's tests then compare ``experiments.stats`` with these
 committed numbers without needing gbstats::
 
-    .venv/bin/python scripts/make_gbstats_fixtures.py
+    .venv/bin/python bench/make_gbstats_fixtures.py
 
 Cases are drawn from a seeded generator (proportion, mean, ratio and CUPED metrics; tiny to
 huge n; relative and absolute; several alphas, sequential tunings and credible levels) plus
@@ -428,7 +428,7 @@ def build_pipeline_fixtures(rng: random.Random) -> list[dict[str, Any]]:
 def write(name: str, payload: Any) -> None:
     path = DATA / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"generator": "scripts/make_gbstats_fixtures.py", "gbstats": "0.8.0", "seed": SEED}
+    header = {"generator": "bench/make_gbstats_fixtures.py", "gbstats": "0.8.0", "seed": SEED}
     if isinstance(payload, list):
         lines = ",\n".join(json.dumps(item, allow_nan=False) for item in payload)
         text = json.dumps(header)[:-1] + ', "cases": [\n' + lines + "\n]}\n"
