@@ -1,0 +1,125 @@
+"""Reads for segmentation that are more than a one-line queryset.
+
+Sections: segments (preview, members, references, the rule builder's catalogue). Customer
+selectors live in their own section or module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import QuerySet
+
+from segmentation.models import (
+    Customer,
+    CustomerMetrics,
+    EngagementModel,
+    Segment,
+    SegmentKind,
+    SegmentMembership,
+)
+from segmentation.rules import rule_catalogue, rule_compile, rule_referenced_segments
+
+# --- Segments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewCustomer:
+    id: int
+    external_id: str
+    email: str | None
+    name: str
+
+
+@dataclass(frozen=True)
+class SegmentPreview:
+    count: int
+    sample: list[PreviewCustomer]
+
+
+def segment_preview(
+    *, rule: dict, sample_size: int = 10, now: dt.datetime | None = None
+) -> SegmentPreview:
+    """How many customers a rule matches now, and a few of them (the lowest ids).
+
+    One COUNT and one LIMIT query (plus one to resolve slugs when the rule names segments;
+    none at all for a rule that can match nobody). Raises ``RuleError`` for an invalid rule.
+    """
+    matches = Customer.objects.filter(rule_compile(rule, now=now))
+    count = matches.count()
+    sample: list[PreviewCustomer] = []
+    if count and sample_size > 0:
+        rows = matches.order_by("pk").values_list(
+            "pk", "external_id", "email", "first_name", "last_name"
+        )[:sample_size]
+        sample = [
+            PreviewCustomer(pk, external_id, email, f"{first} {last}".strip())
+            for pk, external_id, email, first, last in rows
+        ]
+    return SegmentPreview(count=count, sample=sample)
+
+
+def segment_members(*, segment: Segment) -> QuerySet[Customer]:
+    """The segment's current members (a plain queryset: order, slice and count it at will)."""
+    return Customer.objects.filter(
+        pk__in=SegmentMembership.objects.filter(segment=segment, left_at__isnull=True).values(
+            "customer_id"
+        )
+    )
+
+
+def segment_memberships(*, segment: Segment) -> QuerySet[SegmentMembership]:
+    """Every stay of every customer in the segment, newest first (joins and leaves history)."""
+    return (
+        SegmentMembership.objects.filter(segment=segment)
+        .select_related("customer")
+        .order_by("-joined_at", "-pk")
+    )
+
+
+def segments_referencing(*, slug: str) -> list[Segment]:
+    """The rule segments whose rules name segment ``slug`` (directly)."""
+    return [
+        segment
+        for segment in Segment.objects.filter(kind=SegmentKind.RULE).order_by("name")
+        if slug in rule_referenced_segments(segment.rule)
+    ]
+
+
+def rule_builder_catalogue() -> dict[str, Any]:
+    """``rules.rule_catalogue()`` with the choices that live in the database filled in: the
+    RFM segments' slugs for ``metrics.rfm_segment``, the active engagement model's tiers for
+    ``metrics.engagement_tier``, and every segment a condition can reference."""
+    catalogue = rule_catalogue()
+    rfm = list(
+        Segment.objects.filter(kind=SegmentKind.RFM)
+        .order_by("position", "name")
+        .values_list("slug", "name")
+    )
+    model = EngagementModel.objects.filter(is_active=True).first()
+    tiers = [
+        tier["name"]
+        for tier in (model.definition.get("tiers", []) if model else [])
+        if isinstance(tier, dict) and "name" in tier
+    ]
+    if not tiers:  # no model: whatever tiers the metrics hold
+        tiers = list(
+            CustomerMetrics.objects.exclude(engagement_tier="")
+            .order_by()
+            .values_list("engagement_tier", flat=True)
+            .distinct()[:50]
+        )
+    for field in catalogue["fields"]:
+        if field["name"] == "metrics.rfm_segment":
+            field["choices"] = [[slug, name] for slug, name in rfm]
+        elif field["name"] == "metrics.engagement_tier":
+            field["choices"] = [[tier, tier] for tier in tiers]
+    catalogue["segments"] = [
+        {"slug": slug, "name": name, "kind": kind}
+        for slug, name, kind in Segment.objects.order_by("kind", "position", "name").values_list(
+            "slug", "name", "kind"
+        )
+    ]
+    return catalogue
