@@ -1,0 +1,510 @@
+"""Customer metrics, RFM scores, RFM segments and engagement tiers, recomputed set-based.
+
+``metrics_recompute(as_of=...)`` rewrites ``CustomerMetrics`` for every customer in a few SQL
+statements; no event or customer row is ever loaded into Python. The definitions below are
+exact (they are checked against an independent reference in the tests) and are explained to
+marketers in ``docs/marketers/rfm-and-engagement.md``.
+
+Definitions
+-----------
+- Only events with ``occurred_at <= as_of`` count, so a recompute at a historical as-of is
+  reproducible. Events whose customer no longer exists are ignored.
+- Purchases are events whose ``type`` is in ``purchase_types`` (default: the setting
+  ``PURCHASE_EVENT_TYPES``). ``frequency`` is their count, ``monetary`` the exact decimal sum of
+  their ``value`` (a NULL value adds 0), ``first_purchase_at`` / ``last_purchase_at`` the first
+  and last of their times.
+- ``recency_days = floor((as_of - last_purchase_at) / 86400 s)``: whole days, so a purchase
+  exactly 30 x 24 h before the as-of is 30 days old and one a microsecond later 29.
+- ``last_activity_at`` is the time of the last event of any type.
+- ``event_counts_30d`` / ``event_counts_90d``: ``{type: count}`` of events of every type with
+  ``as_of - 30 days < occurred_at <= as_of`` (resp. 90 days); types with no event are left out,
+  so a customer with no recent event has ``{}``.
+- Only customers with at least one purchase are scored; N is their number. For F and M,
+  ``score = 1 + floor(5 * w / N)`` where w is the number of scored customers with a strictly
+  smaller frequency (monetary); for R, w is the number with a strictly larger
+  ``recency_days``. In SQL w is ``RANK() - 1`` (ties share the lowest rank), and the division
+  is integer division, so ties always share a score; scores run 1..5.
+- Customers without purchases get frequency 0, monetary 0, NULL recency and scores, and an
+  empty ``rfm_segment``; they still get activity, counts and engagement points and tier.
+- ``rfm_segment`` is the slug of the first RFM ``Segment`` (by ``position``, then name) whose
+  rule ``{"r": [lo, hi], "f": [lo, hi]}`` (optionally also ``"m": [lo, hi]``) contains the
+  customer's scores, or ``""``.
+- ``engagement_points`` / ``engagement_tier`` come from the active ``EngagementModel`` (see
+  ``segmentation.services.engagement``); with no active model they are 0 and ``""``.
+- ``emails_sent`` / ``emails_opened`` / ``emails_clicked`` belong to the campaigns app: they are
+  read (engagement rules may use them) and never written here.
+
+Writing
+-------
+Each family of metrics is computed into a temporary table; then missing ``CustomerMetrics``
+rows are inserted and only rows whose values differ (``IS DISTINCT FROM``) are updated, so an
+hourly run writes only what changed. ``as_of`` and ``computed_at`` on a row are those of the
+last recompute that changed it. The whole recompute is one transaction (nested in the
+caller's, if any); on PostgreSQL it also holds a transaction-level advisory lock so two
+recomputes never interleave.
+
+Vendors: PostgreSQL is the production fast path; SQLite (>= 3.33) is supported for
+development. The differences live in :class:`_Dialect`: exact money on SQLite is summed in
+integer cents (its decimals are REAL), and time differences are computed in integer
+microseconds from Django's text timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from abtest.errors import ServiceError
+from segmentation.models import Customer, CustomerMetrics, Event, Segment, SegmentKind
+from segmentation.services.engagement import (
+    engagement_model_active_definition,
+    engagement_sql_compile,
+)
+
+#: The steps of a recompute, in order. ``progress`` is called with each label once the step
+#: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them. The issue's families 4
+#: (RFM segment) and 5 (engagement tier) run inside the third and fourth step.
+METRIC_FAMILIES: tuple[str, ...] = (
+    "Purchases and activity",
+    "Event counts over 30 and 90 days",
+    "RFM scores and segments",
+    "Engagement tiers and saving",
+)
+_AGGREGATES, _EVENT_COUNTS, _RFM, _WRITE = METRIC_FAMILIES
+
+#: Windows of ``event_counts_30d`` / ``event_counts_90d``.
+WINDOW_30D = timedelta(days=30)
+WINDOW_90D = timedelta(days=90)
+
+#: Memory for the aggregation's hash tables (PostgreSQL, for this transaction only).
+POSTGRES_WORK_MEM = "256MB"
+#: pg_advisory_xact_lock key: serialises concurrent recomputes.
+ADVISORY_LOCK_KEY = 0x5E6_3E7
+
+RFM_SCORE_MIN, RFM_SCORE_MAX = 1, 5
+RFM_SEGMENT_MAX_LENGTH = 100  # CustomerMetrics.rfm_segment
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Columns the recompute owns (emails_* belong to campaigns and are never written).
+_WRITTEN_COLUMNS = (
+    "first_purchase_at",
+    "last_purchase_at",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "last_activity_at",
+    "event_counts_30d",
+    "event_counts_90d",
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_segment",
+    "engagement_points",
+    "engagement_tier",
+)
+
+
+@dataclass(frozen=True)
+class MetricsRecomputeResult:
+    """What a recompute did.
+
+    ``customers``: customers (each now has exactly one metrics row); ``scored``: customers
+    with at least one purchase (N); ``inserted``: metrics rows created; ``rows_changed``:
+    rows inserted or whose values changed (0 when nothing changed since the last run at the
+    same as-of); ``seconds``: duration of each step of :data:`METRIC_FAMILIES`.
+    """
+
+    as_of: datetime
+    customers: int
+    scored: int
+    inserted: int
+    rows_changed: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+def rfm_segment_rule_validate(rule: Any) -> None:
+    """Check an RFM segment's rule ``{"r": [lo, hi], "f": [lo, hi], "m"?: [lo, hi]}``.
+
+    Bounds are whole numbers 1..5 with lo <= hi. Raises :class:`ServiceError` whose ``field``
+    names the offending path (``rule.r``, ``rule.f[1]``...). Exposed for the admin form.
+    """
+    if not isinstance(rule, dict):
+        raise ServiceError("rule: must be an object.", field="rule")
+    unknown = sorted(set(rule) - {"r", "f", "m"})
+    if unknown:
+        raise ServiceError(f"rule.{unknown[0]}: is not a known key.", field=f"rule.{unknown[0]}")
+    for key in ("r", "f", "m"):
+        path = f"rule.{key}"
+        if key not in rule:
+            if key == "m":
+                continue
+            raise ServiceError(f"{path}: is required.", field=path)
+        bounds = rule[key]
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise ServiceError(f"{path}: must be a list [lo, hi].", field=path)
+        for i, bound in enumerate(bounds):
+            if (
+                not isinstance(bound, int)
+                or isinstance(bound, bool)
+                or not RFM_SCORE_MIN <= bound <= RFM_SCORE_MAX
+            ):
+                raise ServiceError(
+                    f"{path}[{i}]: must be a whole number from {RFM_SCORE_MIN} to {RFM_SCORE_MAX}.",
+                    field=f"{path}[{i}]",
+                )
+        if bounds[0] > bounds[1]:
+            raise ServiceError(f"{path}: lo must not exceed hi.", field=path)
+
+
+def _rfm_segments() -> list[tuple[str, dict]]:
+    """(slug, rule) of the RFM segments in match order, validated."""
+    rows = (
+        Segment.objects.filter(kind=SegmentKind.RFM)
+        .order_by("position", "name", "pk")
+        .values_list("slug", "rule")
+    )
+    segments = []
+    for slug, rule in rows:
+        try:
+            rfm_segment_rule_validate(rule)
+        except ServiceError as exc:
+            raise ServiceError(
+                f"RFM segment {slug!r} has an invalid rule: {exc.message}", field=exc.field
+            ) from exc
+        if len(slug) > RFM_SEGMENT_MAX_LENGTH:
+            raise ServiceError(
+                f"RFM segment slug {slug!r} is longer than {RFM_SEGMENT_MAX_LENGTH} characters.",
+                field="slug",
+            )
+        segments.append((slug, rule))
+    return segments
+
+
+class _Dialect:
+    """The few SQL fragments that differ between PostgreSQL and SQLite."""
+
+    def __init__(self) -> None:
+        self.postgres = connection.vendor == "postgresql"
+        if not self.postgres and connection.vendor != "sqlite":
+            raise ServiceError(f"Metrics recompute does not support {connection.vendor}.")
+        self.temp = "pg_temp" if self.postgres else "temp"
+        self.distinct = "IS DISTINCT FROM" if self.postgres else "IS NOT"
+        self.empty_json = "CAST('{}' AS jsonb)" if self.postgres else "'{}'"
+
+    def create_temp_table(self, cursor, name: str, select: str, params: Sequence[Any]) -> None:
+        cursor.execute(f"DROP TABLE IF EXISTS {self.temp}.{name}")
+        if self.postgres:
+            # A utility statement takes no bound parameters, so let the driver inline them
+            # (quoted) even when server-side binding is configured. CREATE TABLE AS may run
+            # its SELECT with parallel workers, which INSERT ... SELECT may not.
+            sql = f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {select}"
+            cursor.execute(connection.ops.compose_sql(sql, list(params)))
+        else:
+            cursor.execute(f"CREATE TEMP TABLE {name} AS {select}", list(params))
+
+    def drop_temp_table(self, cursor, name: str) -> None:
+        cursor.execute(f"DROP TABLE IF EXISTS {self.temp}.{name}")
+
+    def datetime_param(self, value: datetime) -> Any:
+        return connection.ops.adapt_datetimefield_value(value)
+
+    def monetary_sum(self, condition: str) -> str:
+        """The exact sum of purchase values; an orderable key (SQLite: integer cents)."""
+        if self.postgres:
+            return f"coalesce(sum(e.value) FILTER (WHERE {condition}), 0)"
+        return f"coalesce(sum(CAST(round(e.value * 100) AS INTEGER)) FILTER (WHERE {condition}), 0)"
+
+    def monetary_value(self, key: str) -> str:
+        """The monetary amount from the key ``monetary_sum`` produced."""
+        return key if self.postgres else f"({key}) / 100.0"
+
+    def whole_days_before(self, as_of: datetime, column: str) -> tuple[str, list[Any]]:
+        """floor((as_of - column) / 1 day) as an integer, exactly (NULL when column is)."""
+        if self.postgres:
+            sql = (
+                f"CAST(floor(extract(epoch FROM (CAST(%s AS timestamptz) - {column})) / 86400)"
+                " AS INTEGER)"
+            )
+            return sql, [as_of]
+        # Django stores 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC): whole seconds + microseconds.
+        # The fraction is cut off before strftime, which would round it to milliseconds.
+        micros = (
+            f"(CAST(strftime('%%s', substr({column}, 1, 19)) AS INTEGER) * 1000000 + CASE WHEN "
+            f"length({column}) > 20 THEN CAST(substr({column} || '00000', 21, 6) AS INTEGER) "
+            "ELSE 0 END)"
+        )
+        # Events counted are never after as_of, so the difference is >= 0 and integer
+        # division (which truncates) is floor.
+        return f"((%s - {micros}) / 86400000000)", [_epoch_micros(as_of)]
+
+    def json_object_agg(self, key: str, value: str) -> str:
+        return (
+            f"jsonb_object_agg({key}, {value})"
+            if self.postgres
+            else (f"json_group_object({key}, {value})")
+        )
+
+
+def _epoch_micros(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
+    """Family 1: purchase and activity aggregates per customer, in one scan of events."""
+    placeholders = ", ".join(["%s"] * len(purchase_types))
+    is_purchase = f"e.type IN ({placeholders})"
+    recency_sql, recency_params = d.whole_days_before(as_of, "g.last_purchase_at")
+    activity_sql, activity_params = d.whole_days_before(as_of, "g.last_activity_at")
+    select = f"""
+        SELECT g.customer_id, g.frequency, g.monetary_key, g.first_purchase_at,
+               g.last_purchase_at, g.last_activity_at,
+               {recency_sql} AS recency_days,
+               {activity_sql} AS days_since_last_activity
+        FROM (
+            SELECT e.customer_id,
+                   count(*) FILTER (WHERE {is_purchase}) AS frequency,
+                   {d.monetary_sum(is_purchase)} AS monetary_key,
+                   min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
+                   max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
+                   max(e.occurred_at) AS last_activity_at
+            FROM {Event._meta.db_table} e
+            WHERE e.occurred_at <= %s
+            GROUP BY e.customer_id
+        ) g
+    """
+    params = [
+        *recency_params,
+        *activity_params,
+        *(purchase_types * 4),
+        d.datetime_param(as_of),
+    ]
+    d.create_temp_table(cursor, "metrics_agg", select, params)
+
+
+def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
+    """Family 2: per-type event counts over the 30 and 90 days up to as_of."""
+    select = f"""
+        SELECT p.customer_id,
+               coalesce({d.json_object_agg("p.type", "p.n30")} FILTER (WHERE p.n30 > 0),
+                        {d.empty_json}) AS counts_30d,
+               {d.json_object_agg("p.type", "p.n90")} AS counts_90d,
+               CAST(sum(p.n30) AS BIGINT) AS events_30d,
+               CAST(sum(p.n90) AS BIGINT) AS events_90d
+        FROM (
+            SELECT e.customer_id, e.type,
+                   count(*) FILTER (WHERE e.occurred_at > %s) AS n30,
+                   count(*) AS n90
+            FROM {Event._meta.db_table} e
+            WHERE e.occurred_at > %s AND e.occurred_at <= %s
+            GROUP BY e.customer_id, e.type
+        ) p
+        GROUP BY p.customer_id
+    """
+    params = [
+        d.datetime_param(as_of - WINDOW_30D),
+        d.datetime_param(as_of - WINDOW_90D),
+        d.datetime_param(as_of),
+    ]
+    d.create_temp_table(cursor, "metrics_counts", select, params)
+
+
+def _step_rfm(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
+    """Families 3 and 4: R, F, M scores with window functions, then the first RFM segment."""
+    whens: list[str] = []
+    params: list[Any] = []
+    for slug, rule in segments:
+        conditions = []
+        for key in ("r", "f", "m"):
+            if key in rule:
+                conditions.append(
+                    f"s.{key}_score BETWEEN CAST(%s AS INTEGER) AND CAST(%s AS INTEGER)"
+                )
+                params.extend(int(bound) for bound in rule[key])
+        whens.append(f"WHEN {' AND '.join(conditions)} THEN CAST(%s AS TEXT)")
+        params.append(slug)
+    segment_sql = f"CASE {' '.join(whens)} ELSE '' END" if whens else "''"
+    select = f"""
+        SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
+        FROM (
+            SELECT a.customer_id,
+                   1 + (5 * (rank() OVER (ORDER BY a.recency_days DESC) - 1))
+                       / count(*) OVER () AS r_score,
+                   1 + (5 * (rank() OVER (ORDER BY a.frequency ASC) - 1))
+                       / count(*) OVER () AS f_score,
+                   1 + (5 * (rank() OVER (ORDER BY a.monetary_key ASC) - 1))
+                       / count(*) OVER () AS m_score
+            FROM {d.temp}.metrics_agg a
+            WHERE a.frequency > 0
+              AND EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = a.customer_id)
+        ) s
+    """
+    d.create_temp_table(cursor, "metrics_scores", select, params)
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_scores")
+    return int(cursor.fetchone()[0])
+
+
+def _step_write(
+    cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime, definition: dict | None
+) -> tuple[int, int]:
+    """Family 5 and the write: insert missing rows, update the rows whose values changed."""
+    table = CustomerMetrics._meta.db_table
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (customer_id, frequency, monetary, event_counts_30d,
+            event_counts_90d, emails_sent, emails_opened, emails_clicked, rfm_segment,
+            engagement_points, engagement_tier)
+        SELECT c.id, 0, 0, {d.empty_json}, {d.empty_json}, 0, 0, 0, '', 0, ''
+        FROM {Customer._meta.db_table} c
+        WHERE NOT EXISTS (SELECT 1 FROM {table} m WHERE m.customer_id = c.id)
+        ON CONFLICT (customer_id) DO NOTHING
+        """
+    )
+    inserted = max(cursor.rowcount, 0)
+
+    monetary = d.monetary_value("coalesce(a.monetary_key, 0)")
+    metric_sql = {
+        "frequency": "coalesce(a.frequency, 0)",
+        "monetary": monetary,
+        "recency_days": "a.recency_days",
+        "emails_sent": "e.emails_sent",
+        "emails_opened": "e.emails_opened",
+        "emails_clicked": "e.emails_clicked",
+        "r_score": "s.r_score",
+        "f_score": "s.f_score",
+        "m_score": "s.m_score",
+        "days_since_last_activity": "a.days_since_last_activity",
+        "events_30d": "coalesce(k.events_30d, 0)",
+        "events_90d": "coalesce(k.events_90d, 0)",
+    }
+    if definition is None:
+        points_sql, points_params, tier_sql, tier_params = "0", (), "''", ()
+    else:
+        compiled = engagement_sql_compile(
+            definition=definition,
+            metric_sql=metric_sql,
+            points_sql="x.engagement_points",
+            exact_decimals=d.postgres,
+        )
+        points_sql, points_params = compiled.points_sql, compiled.points_params
+        tier_sql, tier_params = compiled.tier_sql, compiled.tier_params
+
+    assignments = ", ".join(f"{column} = n.{column}" for column in _WRITTEN_COLUMNS)
+    changed = " OR ".join(f"m.{column} {d.distinct} n.{column}" for column in _WRITTEN_COLUMNS)
+    cursor.execute(
+        f"""
+        UPDATE {table} AS m
+        SET {assignments}, as_of = %s, computed_at = %s
+        FROM (
+            SELECT x.*, {tier_sql} AS engagement_tier
+            FROM (
+                SELECT e.customer_id,
+                       a.first_purchase_at, a.last_purchase_at, a.recency_days,
+                       coalesce(a.frequency, 0) AS frequency,
+                       {monetary} AS monetary,
+                       a.last_activity_at,
+                       coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
+                       coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
+                       s.r_score, s.f_score, s.m_score,
+                       coalesce(s.rfm_segment, '') AS rfm_segment,
+                       {points_sql} AS engagement_points
+                FROM {table} e
+                LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = e.customer_id
+                LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = e.customer_id
+                LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = e.customer_id
+            ) x
+        ) n
+        WHERE m.customer_id = n.customer_id AND (m.computed_at IS NULL OR {changed})
+        """,
+        [
+            d.datetime_param(as_of),
+            d.datetime_param(computed_at),
+            *tier_params,
+            *points_params,
+        ],
+    )
+    return inserted, max(cursor.rowcount, 0)
+
+
+def metrics_recompute(
+    *,
+    as_of: datetime,
+    purchase_types: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MetricsRecomputeResult:
+    """Recompute every customer's metrics, RFM scores and segment, and engagement tier.
+
+    ``as_of`` (timezone-aware) is the instant the metrics describe: later events are ignored.
+    ``purchase_types`` defaults to ``settings.PURCHASE_EVENT_TYPES``. ``progress`` is called
+    with the label of each step of :data:`METRIC_FAMILIES` as it finishes; it runs inside the
+    recompute's transaction, so database writes it makes on the same connection are only
+    seen by others once the recompute commits. Raises
+    :class:`ServiceError` (before writing anything) for a naive ``as_of``, no purchase types,
+    an invalid RFM segment rule or an invalid active engagement model.
+    """
+    if timezone.is_naive(as_of):
+        raise ServiceError("as_of must be timezone-aware.", field="as_of")
+    if purchase_types is None:
+        purchase_types = settings.PURCHASE_EVENT_TYPES
+    if isinstance(purchase_types, str):
+        raise ServiceError("purchase_types must be a list of event types.", field="purchase_types")
+    types = sorted({str(t) for t in purchase_types if str(t)})
+    if not types:
+        raise ServiceError("Name at least one purchase event type.", field="purchase_types")
+
+    d = _Dialect()
+    seconds: dict[str, float] = {}
+
+    def run(label: str, step: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = step()
+        seconds[label] = round(time.perf_counter() - started, 4)
+        if progress is not None:
+            progress(label)
+        return value
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        if d.postgres:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+            cursor.execute("SELECT current_setting('work_mem')")
+            previous_work_mem = cursor.fetchone()[0]
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [POSTGRES_WORK_MEM])
+        segments = _rfm_segments()
+        definition = engagement_model_active_definition()
+        computed_at = timezone.now()
+
+        run(_AGGREGATES, lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types))
+        run(_EVENT_COUNTS, lambda: _step_event_counts(cursor, d, as_of=as_of))
+        scored = run(_RFM, lambda: _step_rfm(cursor, d, segments=segments))
+        inserted, changed = run(
+            _WRITE,
+            lambda: _step_write(
+                cursor, d, as_of=as_of, computed_at=computed_at, definition=definition
+            ),
+        )
+        cursor.execute(f"SELECT count(*) FROM {Customer._meta.db_table}")
+        customers = int(cursor.fetchone()[0])
+        for name in ("metrics_agg", "metrics_counts", "metrics_scores"):
+            d.drop_temp_table(cursor, name)
+        if d.postgres:
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [previous_work_mem])
+
+    return MetricsRecomputeResult(
+        as_of=as_of,
+        customers=customers,
+        scored=scored,
+        inserted=inserted,
+        rows_changed=changed,
+        seconds=seconds,
+    )
