@@ -1,15 +1,32 @@
-"""Reads over customers and their events: search, filters, keyset pages, timelines."""
+"""Reads over customers and their events: search, filters, keyset pages, timelines.
+
+Also the reads behind the customer, RFM, segment and import pages (filter choices, the RFM
+grid, membership history, size history): each is one or two queries, none scans a table per
+row shown.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q, QuerySet, Value
+from django.db import connection
+from django.db.models import Count, Q, QuerySet, Value
 from django.db.models.functions import Concat, Lower
+from django.utils import timezone
 
-from segmentation.models import Customer, Event, Segment
+from segmentation.models import (
+    Customer,
+    CustomerMetrics,
+    EngagementModel,
+    Event,
+    Segment,
+    SegmentKind,
+    SegmentMembership,
+    SegmentSizeSnapshot,
+)
 
 ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -120,10 +137,245 @@ def keyset_page(
 
 
 def customer_timeline(
-    *, customer: Customer, before: datetime | None = None, limit: int = 50
+    *,
+    customer: Customer,
+    before: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
 ) -> list[Event]:
-    """The customer's latest events (newest first), optionally older than ``before``."""
+    """The customer's latest events (newest first), optionally older than ``before``.
+
+    With ``before_id`` too, the keyset is ``(occurred_at, id)``: events at the same instant as
+    ``before`` with a smaller id come next, so a page boundary never skips or repeats an event.
+    Served by the ``(customer, occurred_at)`` index.
+    """
     events = Event.objects.filter(customer=customer)
     if before is not None:
-        events = events.filter(occurred_at__lt=before)
+        if before_id is not None:
+            events = events.filter(
+                Q(occurred_at__lt=before) | Q(occurred_at=before, id__lt=before_id)
+            )
+        else:
+            events = events.filter(occurred_at__lt=before)
     return list(events.order_by("-occurred_at", "-id")[:limit])
+
+
+# --- Customer pages ----------------------------------------------------------------------------
+
+
+def customer_count_estimate() -> int | None:
+    """About how many customers there are, without counting them.
+
+    PostgreSQL's planner statistics (``pg_class.reltuples``, kept by autovacuum/ANALYZE); None
+    where there is no estimate (other databases, or a table never analysed).
+    """
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+            [Customer._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] >= 0 else None
+
+
+@dataclass(frozen=True)
+class FilterChoices:
+    """Options of the customer list's filter dropdowns (two small queries)."""
+
+    segments: list[tuple[str, str]]  # (slug, name) of every segment
+    rfm_segments: list[tuple[str, str]]  # (slug, name) of the RFM segments, in matching order
+    engagement_tiers: list[str]
+
+
+def customer_filter_choices() -> FilterChoices:
+    segments = list(
+        Segment.objects.order_by("kind", "position", "name").values_list("slug", "name", "kind")
+    )
+    model = EngagementModel.objects.filter(is_active=True).first()
+    tiers = [
+        tier["name"]
+        for tier in (model.definition.get("tiers", []) if model else [])
+        if isinstance(tier, dict) and isinstance(tier.get("name"), str)
+    ]
+    return FilterChoices(
+        segments=[(slug, name) for slug, name, _ in segments],
+        rfm_segments=[(slug, name) for slug, name, kind in segments if kind == SegmentKind.RFM],
+        engagement_tiers=tiers,
+    )
+
+
+def customer_memberships(*, customer: Customer, limit: int = 100) -> list[SegmentMembership]:
+    """The customer's stays in segments (joined, left), current stays first, then newest."""
+    rows = list(
+        SegmentMembership.objects.filter(customer=customer)
+        .select_related("segment")
+        .order_by("-joined_at", "-pk")[:limit]
+    )
+    return sorted(rows, key=lambda m: m.left_at is not None)  # stable sort keeps the order
+
+
+# --- RFM grid ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RfmCell:
+    r: int
+    f: int
+    count: int
+    share: float  # count / the largest cell's count: 0..1, for the colour
+    segment: Segment | None  # the RFM segment this cell belongs to (first match by position)
+
+
+@dataclass(frozen=True)
+class RfmSegmentRow:
+    segment: Segment
+    r: tuple[int, int]
+    f: tuple[int, int]
+    count: int  # customers in its cells now (the grid's counts)
+
+
+@dataclass(frozen=True)
+class RfmGrid:
+    rows: list[list[RfmCell]]  # R from 5 (top) down to 1; each row F from 1 to 5
+    segments: list[RfmSegmentRow]
+    scored: int
+    unscored: int  # metrics rows without R or F score (no purchase yet)
+    max_count: int
+
+
+def _in_range(bounds, value: int) -> bool:
+    try:
+        low, high = int(bounds[0]), int(bounds[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return False
+    return low <= value <= high
+
+
+def rfm_grid() -> RfmGrid:
+    """Customer counts per (R, F) score pair: one GROUP BY over the metrics, plus the RFM
+    segments (each cell belongs to the first segment, by position, whose ranges hold it)."""
+    counts: dict[tuple[int, int], int] = {}
+    unscored = 0
+    rows = (
+        CustomerMetrics.objects.order_by().values_list("r_score", "f_score").annotate(n=Count("*"))
+    )
+    for r, f, n in rows:
+        if r is None or f is None:
+            unscored += n
+        else:
+            counts[(r, f)] = counts.get((r, f), 0) + n
+    segments = list(Segment.objects.filter(kind=SegmentKind.RFM).order_by("position", "name"))
+
+    def owner(r: int, f: int) -> Segment | None:
+        for segment in segments:
+            rule = segment.rule if isinstance(segment.rule, dict) else {}
+            if _in_range(rule.get("r"), r) and _in_range(rule.get("f"), f):
+                return segment
+        return None
+
+    max_count = max(counts.values(), default=0)
+    grid = [
+        [
+            RfmCell(
+                r=r,
+                f=f,
+                count=counts.get((r, f), 0),
+                share=counts.get((r, f), 0) / max_count if max_count else 0.0,
+                segment=owner(r, f),
+            )
+            for f in range(1, 6)
+        ]
+        for r in range(5, 0, -1)
+    ]
+    per_segment: dict[int, int] = {}
+    for row in grid:
+        for cell in row:
+            if cell.segment is not None:
+                per_segment[cell.segment.pk] = per_segment.get(cell.segment.pk, 0) + cell.count
+    legend = []
+    for segment in segments:
+        rule = segment.rule if isinstance(segment.rule, dict) else {}
+        r_bounds, f_bounds = rule.get("r") or [0, 0], rule.get("f") or [0, 0]
+        legend.append(
+            RfmSegmentRow(
+                segment=segment,
+                r=(r_bounds[0], r_bounds[-1]),
+                f=(f_bounds[0], f_bounds[-1]),
+                count=per_segment.get(segment.pk, 0),
+            )
+        )
+    return RfmGrid(
+        rows=grid,
+        segments=legend,
+        scored=sum(counts.values()),
+        unscored=unscored,
+        max_count=max_count,
+    )
+
+
+# --- Segment pages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentGroup:
+    kind: str
+    label: str
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class SegmentOverview:
+    groups: list[SegmentGroup]
+    max_size: int
+    last_refreshed: dt.datetime | None
+
+
+def segments_overview() -> SegmentOverview:
+    """Every segment, grouped by kind (RFM, rule, static), with what the bar chart needs."""
+    segments = list(Segment.objects.order_by("kind", "position", "name"))
+    groups = [
+        SegmentGroup(kind, label, [s for s in segments if s.kind == kind])
+        for kind, label in (
+            (SegmentKind.RFM, "RFM segments"),
+            (SegmentKind.RULE, "Rule segments"),
+            (SegmentKind.STATIC, "Static segments"),
+        )
+    ]
+    refreshed = [s.refreshed_at for s in segments if s.refreshed_at is not None]
+    return SegmentOverview(
+        groups=groups,
+        max_size=max((s.size for s in segments), default=0),
+        last_refreshed=max(refreshed, default=None),
+    )
+
+
+def segment_size_history(
+    *, segment: Segment, days: int = 180, today: dt.date | None = None
+) -> list[SegmentSizeSnapshot]:
+    """The daily size snapshots of the last ``days`` days, oldest first."""
+    today = today or timezone.localdate()
+    return list(
+        SegmentSizeSnapshot.objects.filter(
+            segment=segment, date__gt=today - dt.timedelta(days=days)
+        ).order_by("date")
+    )
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    at: dt.datetime
+    customer: Customer
+    joined: bool  # False: left
+
+
+def segment_recent_changes(*, segment: Segment, limit: int = 20) -> list[MembershipChange]:
+    """The latest joins and leaves, newest first (two LIMIT queries merged)."""
+    memberships = SegmentMembership.objects.filter(segment=segment).select_related("customer")
+    joins = memberships.order_by("-joined_at", "-pk")[:limit]
+    leaves = memberships.filter(left_at__isnull=False).order_by("-left_at", "-pk")[:limit]
+    changes = [MembershipChange(m.joined_at, m.customer, True) for m in joins]
+    changes += [MembershipChange(m.left_at, m.customer, False) for m in leaves]
+    changes.sort(key=lambda c: c.at, reverse=True)
+    return changes[:limit]
