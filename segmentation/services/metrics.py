@@ -36,12 +36,16 @@ Definitions
 
 Writing
 -------
-Each family of metrics is computed into a temporary table; then missing ``CustomerMetrics``
-rows are inserted and only rows whose values differ (``IS DISTINCT FROM``) are updated, so an
-hourly run writes only what changed. ``as_of`` and ``computed_at`` on a row are those of the
-last recompute that changed it. The whole recompute is one transaction (nested in the
-caller's, if any); on PostgreSQL it also holds a transaction-level advisory lock so two
-recomputes never interleave.
+Each family is computed into a temporary table: purchase and activity aggregates with the
+RFM scores (one scan of the events, then window functions over one row per customer),
+per-type counts (the 90-day window of events), then every customer's new values with RFM
+segment and engagement tier. Finally only rows whose values differ (``IS DISTINCT FROM``)
+are updated and missing rows inserted, so an hourly run writes only what changed. ``as_of``
+and ``computed_at`` on a row are those of the last recompute that changed it. The whole
+recompute is one transaction (nested in the caller's, if any); on PostgreSQL it also holds a
+transaction-level advisory lock so two recomputes never interleave. Engagement rules read
+the email counts as they are when the tiers are computed; a count the campaigns app changes
+during the recompute is kept, and reflected in the tier by the next recompute.
 
 Vendors: PostgreSQL is the production fast path; SQLite (>= 3.33) is supported for
 development. The differences live in :class:`_Dialect`: exact money on SQLite is summed in
@@ -69,22 +73,24 @@ from segmentation.services.engagement import (
 )
 
 #: The steps of a recompute, in order. ``progress`` is called with each label once the step
-#: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them. The issue's families 4
-#: (RFM segment) and 5 (engagement tier) run inside the third and fourth step.
+#: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them. The issue's families:
+#: 1 (aggregates) and 3 (scores) are the first step, 2 (counts) the second, 4 (RFM segment)
+#: and 5 (engagement points and tier) the third.
 METRIC_FAMILIES: tuple[str, ...] = (
-    "Purchases and activity",
+    "Purchases, activity and RFM scores",
     "Event counts over 30 and 90 days",
-    "RFM scores and segments",
-    "Engagement tiers and saving",
+    "RFM segments and engagement tiers",
+    "Saving changed metrics",
 )
-_AGGREGATES, _EVENT_COUNTS, _RFM, _WRITE = METRIC_FAMILIES
+_AGGREGATES, _EVENT_COUNTS, _ASSEMBLE, _WRITE = METRIC_FAMILIES
 
 #: Windows of ``event_counts_30d`` / ``event_counts_90d``.
 WINDOW_30D = timedelta(days=30)
 WINDOW_90D = timedelta(days=90)
 
-#: Memory for the aggregation's hash tables (PostgreSQL, for this transaction only).
-POSTGRES_WORK_MEM = "256MB"
+#: PostgreSQL settings for the recompute's transaction only: memory for the aggregation's hash
+#: tables and the sorts of the scores (so they do not spill to disk).
+POSTGRES_SETTINGS: dict[str, str] = {"work_mem": "256MB"}
 #: pg_advisory_xact_lock key: serialises concurrent recomputes.
 ADVISORY_LOCK_KEY = 0x5E6_3E7
 
@@ -202,6 +208,9 @@ class _Dialect:
         self.temp = "pg_temp" if self.postgres else "temp"
         self.distinct = "IS DISTINCT FROM" if self.postgres else "IS NOT"
         self.empty_json = "CAST('{}' AS jsonb)" if self.postgres else "'{}'"
+        # Keeps PostgreSQL from pulling a subquery up into its parent (which would repeat
+        # the engagement points expression inside the tier CASE).
+        self.fence = " OFFSET 0" if self.postgres else ""
 
     def create_temp_table(self, cursor, name: str, select: str, params: Sequence[Any]) -> None:
         cursor.execute(f"DROP TABLE IF EXISTS {self.temp}.{name}")
@@ -261,28 +270,51 @@ def _epoch_micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
-    """Family 1: purchase and activity aggregates per customer, in one scan of events."""
+def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> int:
+    """Families 1 and 3: purchase and activity aggregates per customer in one scan of the
+    events, and the R, F, M scores of the customers with a purchase.
+
+    Score: w = RANK() - 1 within the scored customers (the partition ``frequency > 0``; ties
+    share the lowest rank), N = that partition's size, ``1 + (5 * w) / N`` in integer
+    division. Events of customers that no longer exist are dropped here, so they never count
+    in N. Returns N.
+    """
     placeholders = ", ".join(["%s"] * len(purchase_types))
     is_purchase = f"e.type IN ({placeholders})"
     recency_sql, recency_params = d.whole_days_before(as_of, "g.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "g.last_activity_at")
+
+    def score(order: str) -> str:
+        return (
+            "CASE WHEN h.frequency > 0 THEN 1 + (5 * (rank() OVER (PARTITION BY h.frequency > 0 "
+            f"ORDER BY {order}) - 1)) / count(*) OVER (PARTITION BY h.frequency > 0) END"
+        )
+
     select = f"""
-        SELECT g.customer_id, g.frequency, g.monetary_key, g.first_purchase_at,
-               g.last_purchase_at, g.last_activity_at,
-               {recency_sql} AS recency_days,
-               {activity_sql} AS days_since_last_activity
+        SELECT h.*,
+               {score("h.recency_days DESC")} AS r_score,
+               {score("h.frequency ASC")} AS f_score,
+               {score("h.monetary_key ASC")} AS m_score
         FROM (
-            SELECT e.customer_id,
-                   count(*) FILTER (WHERE {is_purchase}) AS frequency,
-                   {d.monetary_sum(is_purchase)} AS monetary_key,
-                   min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
-                   max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
-                   max(e.occurred_at) AS last_activity_at
-            FROM {Event._meta.db_table} e
-            WHERE e.occurred_at <= %s
-            GROUP BY e.customer_id
-        ) g
+            SELECT g.customer_id, g.frequency, g.monetary_key, g.first_purchase_at,
+                   g.last_purchase_at, g.last_activity_at,
+                   {recency_sql} AS recency_days,
+                   {activity_sql} AS days_since_last_activity
+            FROM (
+                SELECT e.customer_id,
+                       count(*) FILTER (WHERE {is_purchase}) AS frequency,
+                       {d.monetary_sum(is_purchase)} AS monetary_key,
+                       min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
+                       max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
+                       max(e.occurred_at) AS last_activity_at
+                FROM {Event._meta.db_table} e
+                WHERE e.occurred_at <= %s
+                GROUP BY e.customer_id
+            ) g
+            WHERE EXISTS (
+                SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = g.customer_id
+            )
+        ) h
     """
     params = [
         *recency_params,
@@ -291,6 +323,8 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
         d.datetime_param(as_of),
     ]
     d.create_temp_table(cursor, "metrics_agg", select, params)
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_agg WHERE frequency > 0")
+    return int(cursor.fetchone()[0])
 
 
 def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
@@ -320,121 +354,116 @@ def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
     d.create_temp_table(cursor, "metrics_counts", select, params)
 
 
-def _step_rfm(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
-    """Families 3 and 4: R, F, M scores with window functions, then the first RFM segment."""
-    whens: list[str] = []
-    params: list[Any] = []
+def _step_assemble(
+    cursor, d: _Dialect, *, segments: list[tuple[str, dict]], definition: dict | None
+) -> None:
+    """Families 4 and 5: every customer's new values, with RFM segment and engagement points
+    and tier. Joins the current metrics row (if any) for the campaigns app's email counts,
+    which the points model may use, and to tell the rows to insert from those to update."""
+    segment_whens: list[str] = []
+    segment_params: list[Any] = []
     for slug, rule in segments:
         conditions = []
         for key in ("r", "f", "m"):
             if key in rule:
                 conditions.append(
-                    f"s.{key}_score BETWEEN CAST(%s AS INTEGER) AND CAST(%s AS INTEGER)"
+                    f"y.{key}_score BETWEEN CAST(%s AS INTEGER) AND CAST(%s AS INTEGER)"
                 )
-                params.extend(int(bound) for bound in rule[key])
-        whens.append(f"WHEN {' AND '.join(conditions)} THEN CAST(%s AS TEXT)")
-        params.append(slug)
-    segment_sql = f"CASE {' '.join(whens)} ELSE '' END" if whens else "''"
-    select = f"""
-        SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
-        FROM (
-            SELECT a.customer_id,
-                   1 + (5 * (rank() OVER (ORDER BY a.recency_days DESC) - 1))
-                       / count(*) OVER () AS r_score,
-                   1 + (5 * (rank() OVER (ORDER BY a.frequency ASC) - 1))
-                       / count(*) OVER () AS f_score,
-                   1 + (5 * (rank() OVER (ORDER BY a.monetary_key ASC) - 1))
-                       / count(*) OVER () AS m_score
-            FROM {d.temp}.metrics_agg a
-            WHERE a.frequency > 0
-              AND EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = a.customer_id)
-        ) s
-    """
-    d.create_temp_table(cursor, "metrics_scores", select, params)
-    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_scores")
-    return int(cursor.fetchone()[0])
+                segment_params.extend(int(bound) for bound in rule[key])
+        segment_whens.append(f"WHEN {' AND '.join(conditions)} THEN CAST(%s AS TEXT)")
+        segment_params.append(slug)
+    segment_sql = f"CASE {' '.join(segment_whens)} ELSE '' END" if segment_whens else "''"
 
-
-def _step_write(
-    cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime, definition: dict | None
-) -> tuple[int, int]:
-    """Family 5 and the write: insert missing rows, update the rows whose values changed."""
-    table = CustomerMetrics._meta.db_table
-    cursor.execute(
-        f"""
-        INSERT INTO {table} (customer_id, frequency, monetary, event_counts_30d,
-            event_counts_90d, emails_sent, emails_opened, emails_clicked, rfm_segment,
-            engagement_points, engagement_tier)
-        SELECT c.id, 0, 0, {d.empty_json}, {d.empty_json}, 0, 0, 0, '', 0, ''
-        FROM {Customer._meta.db_table} c
-        WHERE NOT EXISTS (SELECT 1 FROM {table} m WHERE m.customer_id = c.id)
-        ON CONFLICT (customer_id) DO NOTHING
-        """
-    )
-    inserted = max(cursor.rowcount, 0)
-
-    monetary = d.monetary_value("coalesce(a.monetary_key, 0)")
-    metric_sql = {
-        "frequency": "coalesce(a.frequency, 0)",
-        "monetary": monetary,
-        "recency_days": "a.recency_days",
-        "emails_sent": "e.emails_sent",
-        "emails_opened": "e.emails_opened",
-        "emails_clicked": "e.emails_clicked",
-        "r_score": "s.r_score",
-        "f_score": "s.f_score",
-        "m_score": "s.m_score",
-        "days_since_last_activity": "a.days_since_last_activity",
-        "events_30d": "coalesce(k.events_30d, 0)",
-        "events_90d": "coalesce(k.events_90d, 0)",
-    }
     if definition is None:
         points_sql, points_params, tier_sql, tier_params = "0", (), "''", ()
     else:
         compiled = engagement_sql_compile(
             definition=definition,
-            metric_sql=metric_sql,
-            points_sql="x.engagement_points",
+            metric_sql={
+                "frequency": "y.frequency",
+                "monetary": "y.monetary",
+                "recency_days": "y.recency_days",
+                "emails_sent": "y.emails_sent",
+                "emails_opened": "y.emails_opened",
+                "emails_clicked": "y.emails_clicked",
+                "r_score": "y.r_score",
+                "f_score": "y.f_score",
+                "m_score": "y.m_score",
+                "days_since_last_activity": "y.days_since_last_activity",
+                "events_30d": "y.events_30d",
+                "events_90d": "y.events_90d",
+            },
+            points_sql="z.engagement_points",
             exact_decimals=d.postgres,
         )
         points_sql, points_params = compiled.points_sql, compiled.points_params
         tier_sql, tier_params = compiled.tier_sql, compiled.tier_params
 
+    select = f"""
+        SELECT z.*, {tier_sql} AS engagement_tier
+        FROM (
+            SELECT y.*, {segment_sql} AS rfm_segment, {points_sql} AS engagement_points
+            FROM (
+                SELECT c.id AS customer_id, e.customer_id IS NOT NULL AS has_row,
+                       coalesce(e.emails_sent, 0) AS emails_sent,
+                       coalesce(e.emails_opened, 0) AS emails_opened,
+                       coalesce(e.emails_clicked, 0) AS emails_clicked,
+                       a.first_purchase_at, a.last_purchase_at, a.recency_days,
+                       coalesce(a.frequency, 0) AS frequency,
+                       {d.monetary_value("coalesce(a.monetary_key, 0)")} AS monetary,
+                       a.last_activity_at, a.days_since_last_activity,
+                       coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
+                       coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
+                       coalesce(k.events_30d, 0) AS events_30d,
+                       coalesce(k.events_90d, 0) AS events_90d,
+                       a.r_score, a.f_score, a.m_score
+                FROM {Customer._meta.db_table} c
+                LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
+                LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
+                LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = c.id
+            ) y{d.fence}
+        ) z
+    """
+    d.create_temp_table(
+        cursor, "metrics_new", select, [*tier_params, *segment_params, *points_params]
+    )
+
+
+def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) -> tuple:
+    """Update the metrics rows whose values changed, insert the missing ones.
+
+    Returns (rows inserted, rows inserted or updated). A row another transaction inserts
+    meanwhile (the campaigns app counting an email) is left alone until the next run.
+    """
+    table = CustomerMetrics._meta.db_table
+    stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
     assignments = ", ".join(f"{column} = n.{column}" for column in _WRITTEN_COLUMNS)
     changed = " OR ".join(f"m.{column} {d.distinct} n.{column}" for column in _WRITTEN_COLUMNS)
     cursor.execute(
         f"""
         UPDATE {table} AS m
         SET {assignments}, as_of = %s, computed_at = %s
-        FROM (
-            SELECT x.*, {tier_sql} AS engagement_tier
-            FROM (
-                SELECT e.customer_id,
-                       a.first_purchase_at, a.last_purchase_at, a.recency_days,
-                       coalesce(a.frequency, 0) AS frequency,
-                       {monetary} AS monetary,
-                       a.last_activity_at,
-                       coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
-                       coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
-                       s.r_score, s.f_score, s.m_score,
-                       coalesce(s.rfm_segment, '') AS rfm_segment,
-                       {points_sql} AS engagement_points
-                FROM {table} e
-                LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = e.customer_id
-                LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = e.customer_id
-                LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = e.customer_id
-            ) x
-        ) n
+        FROM {d.temp}.metrics_new n
         WHERE m.customer_id = n.customer_id AND (m.computed_at IS NULL OR {changed})
         """,
-        [
-            d.datetime_param(as_of),
-            d.datetime_param(computed_at),
-            *tier_params,
-            *points_params,
-        ],
+        stamps,
     )
-    return inserted, max(cursor.rowcount, 0)
+    updated = max(cursor.rowcount, 0)
+    columns = ", ".join(_WRITTEN_COLUMNS)
+    values = ", ".join(f"n.{column}" for column in _WRITTEN_COLUMNS)
+    cursor.execute(
+        f"""
+        INSERT INTO {table} (customer_id, {columns}, emails_sent, emails_opened,
+            emails_clicked, as_of, computed_at)
+        SELECT n.customer_id, {values}, 0, 0, 0, %s, %s
+        FROM {d.temp}.metrics_new n
+        WHERE NOT n.has_row
+        ON CONFLICT (customer_id) DO NOTHING
+        """,
+        stamps,
+    )
+    inserted = max(cursor.rowcount, 0)
+    return inserted, updated + inserted
 
 
 def metrics_recompute(
@@ -477,28 +506,35 @@ def metrics_recompute(
     with transaction.atomic(), connection.cursor() as cursor:
         if d.postgres:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-            cursor.execute("SELECT current_setting('work_mem')")
-            previous_work_mem = cursor.fetchone()[0]
-            cursor.execute("SELECT set_config('work_mem', %s, true)", [POSTGRES_WORK_MEM])
+            previous = {}
+            for name, value in POSTGRES_SETTINGS.items():
+                cursor.execute(
+                    "SELECT current_setting(%s), set_config(%s, %s, true)", [name, name, value]
+                )
+                previous[name] = cursor.fetchone()[0]
         segments = _rfm_segments()
         definition = engagement_model_active_definition()
         computed_at = timezone.now()
 
-        run(_AGGREGATES, lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types))
-        run(_EVENT_COUNTS, lambda: _step_event_counts(cursor, d, as_of=as_of))
-        scored = run(_RFM, lambda: _step_rfm(cursor, d, segments=segments))
-        inserted, changed = run(
-            _WRITE,
-            lambda: _step_write(
-                cursor, d, as_of=as_of, computed_at=computed_at, definition=definition
-            ),
+        scored = run(
+            _AGGREGATES,
+            lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types),
         )
-        cursor.execute(f"SELECT count(*) FROM {Customer._meta.db_table}")
+        run(_EVENT_COUNTS, lambda: _step_event_counts(cursor, d, as_of=as_of))
+        run(
+            _ASSEMBLE,
+            lambda: _step_assemble(cursor, d, segments=segments, definition=definition),
+        )
+        inserted, changed = run(
+            _WRITE, lambda: _step_write(cursor, d, as_of=as_of, computed_at=computed_at)
+        )
+        cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_new")
         customers = int(cursor.fetchone()[0])
-        for name in ("metrics_agg", "metrics_counts", "metrics_scores"):
+        for name in ("metrics_agg", "metrics_counts", "metrics_new"):
             d.drop_temp_table(cursor, name)
         if d.postgres:
-            cursor.execute("SELECT set_config('work_mem', %s, true)", [previous_work_mem])
+            for name, value in previous.items():
+                cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
     return MetricsRecomputeResult(
         as_of=as_of,

@@ -495,13 +495,32 @@ def test_runs_twice_inside_one_outer_transaction():
 
 def test_recompute_is_atomic(monkeypatch):
     ids = make_customers(3)
+    set_emails({ids[0]: (1, 1, 1)})
+    original = metrics_module._step_write
+
+    def write_then_fail(*args, **kwargs):
+        original(*args, **kwargs)
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(metrics_module, "_step_write", write_then_fail)
+    with pytest.raises(RuntimeError):
+        metrics_recompute(as_of=AS_OF)
+    # The update of the existing row and the inserted rows were rolled back together.
+    assert list(CustomerMetrics.objects.values_list("customer_id", "frequency", "computed_at")) == [
+        (ids[0], 99, None)
+    ]
+
+
+def test_a_failing_statement_leaves_the_metrics_untouched(monkeypatch):
+    ids = make_customers(2)
     monkeypatch.setattr(
         metrics_module, "_WRITTEN_COLUMNS", (*metrics_module._WRITTEN_COLUMNS, "nope")
     )
     with pytest.raises(DatabaseError):
         metrics_recompute(as_of=AS_OF)
-    # The rows inserted before the failing UPDATE were rolled back with it.
     assert not CustomerMetrics.objects.filter(customer_id__in=ids).exists()
+    monkeypatch.undo()
+    assert metrics_recompute(as_of=AS_OF).inserted == 2  # the connection is still usable
 
 
 # --- refusals --------------------------------------------------------------------------------
