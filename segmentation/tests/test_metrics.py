@@ -197,6 +197,48 @@ def test_scores_follow_the_formula_and_ties_share_a_score():
     assert rows[ids[11]]["r_score"] == rows[ids[10]]["r_score"] == rows[ids[9]]["r_score"] == 1
 
 
+def test_the_worked_example_of_the_marketers_docs():
+    """docs/marketers/rfm-and-engagement.md, "A worked example"."""
+    table = {  # purchases, days ago of the last one, total spent
+        "A": (5, 2, "400.00"),
+        "B": (3, 10, "150.00"),
+        "C": (3, 40, "150.00"),
+        "D": (1, 2, "20.00"),
+        "E": (1, 200, "35.00"),
+        "F": (2, 400, "90.00"),
+    }
+    ids = {}
+    for name, (count, days, spent) in table.items():
+        first, rest = Decimal(spent) - (count - 1), [("purchase", days * DAY, "1.00")] * (count - 1)
+        ids[name] = one_customer_with([("purchase", days * DAY, str(first)), *rest])
+    ids["G"] = one_customer_with([("session", DAY, None)])
+    set_emails({ids["A"]: (4, 4, 3), ids["G"]: (2, 1, 1)})
+
+    metrics_recompute(as_of=AS_OF)
+
+    rows = stored()
+    got = {
+        name: (
+            rows[cid]["r_score"],
+            rows[cid]["f_score"],
+            rows[cid]["m_score"],
+            rows[cid]["rfm_segment"],
+        )
+        for name, cid in ids.items()
+    }
+    assert got == {
+        "A": (4, 5, 5, "champions"),
+        "B": (3, 3, 3, "need-attention"),
+        "C": (2, 3, 3, "at-risk"),
+        "D": (4, 1, 1, "promising"),
+        "E": (1, 1, 1, "hibernating"),
+        "F": (1, 2, 2, "hibernating"),
+        "G": (None, None, None, ""),
+    }
+    assert (rows[ids["A"]]["engagement_points"], rows[ids["A"]]["engagement_tier"]) == (75, "Star")
+    assert (rows[ids["G"]]["engagement_points"], rows[ids["G"]]["engagement_tier"]) == (5, "Lost")
+
+
 def test_monetary_compares_exact_decimals():
     # 0.10 + 0.20 is 0.30 exactly: the two customers tie (in floats they would not).
     a = one_customer_with([("purchase", DAY, "0.10"), ("purchase", DAY, "0.20")])
