@@ -43,6 +43,9 @@ from segmentation.rules import (
 CHUNK = 5000
 #: Rows a static-segment CSV may have.
 CSV_MAX_ROWS = 1_000_000
+#: PostgreSQL settings for a refresh's transaction only (SET LOCAL): the anti-joins between a
+#: large target set and the current members hash both sides; 4MB would spill to disk.
+POSTGRES_SETTINGS: dict[str, str] = {"work_mem": "128MB"}
 NAME_MAX_LENGTH = 200
 SLUG_MAX_LENGTH = 200
 
@@ -191,7 +194,17 @@ def _unique_slug(name: str) -> str:
     return f"{base}-{n}"
 
 
-def _clean_rule(*, kind: str, rule: dict | None, slug: str) -> dict:
+def segment_definition_validate(*, kind: str, rule: dict | None, slug: str | None = None) -> dict:
+    """Check a segment's kind and rule as ``segment_create``/``segment_update`` would (rule
+    structure, referenced segments, cycles through ``slug``; RFM ranges; no rule for static
+    segments) and return the rule to store. Raises ``ServiceError`` (``SegmentRuleInvalid``
+    for a rule segment's rule, with ``.path``). For forms that save without the services."""
+    if kind not in SegmentKind.values:
+        raise ServiceError(f"Unknown segment kind {kind!r}.", field="kind")
+    return _clean_rule(kind=kind, rule=rule, slug=slug)
+
+
+def _clean_rule(*, kind: str, rule: dict | None, slug: str | None) -> dict:
     if kind == SegmentKind.STATIC:
         if rule:
             raise ServiceError("Static segments have no rule.", field="rule")
@@ -262,6 +275,7 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> Segm
         segment = Segment.objects.select_for_update().get(pk=segment.pk)
         joined = left = 0
         if segment.kind != SegmentKind.STATIC:
+            _postgres_settings()
             target_sql, target_params = _target_sql(segment, now)
             left = _mark_leavers(segment, target_sql, target_params, now)
             joined = _insert_joiners(segment, target_sql, target_params, now)
@@ -288,6 +302,14 @@ def segment_target_queryset(*, segment: Segment, now: dt.datetime | None = None)
     return SegmentMembership.objects.filter(segment=segment, left_at__isnull=True).values(
         cid=F("customer_id")
     )
+
+
+def _postgres_settings() -> None:
+    """Memory for the refresh's hash anti-joins (1M-member sets), for this transaction only."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for name, value in POSTGRES_SETTINGS.items():
+                cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
 def _target_sql(segment: Segment, now: dt.datetime) -> tuple[str, tuple]:
@@ -384,17 +406,20 @@ def segments_refresh_order(segments: Sequence[Segment]) -> list[Segment]:
 def segments_refresh_all(
     *,
     now: dt.datetime | None = None,
-    progress: Callable[[int, int, Segment], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[SegmentRefreshResult]:
-    """Refresh every segment in dependency order, each in its own transaction.
+    """Refresh every RFM and rule segment in dependency order, each in its own transaction
+    (static segments are skipped: their membership only changes by hand, which keeps their size
+    and snapshot current).
 
     A segment whose rule is broken is reported (``error``) and skipped; the others go on.
-    ``progress(done, total, segment)`` is called after each segment.
+    ``progress(label)`` is called after each segment with ``"Segment <name> (<slug>)"``, the
+    convention of ``metrics_recompute`` (one call per unit of work, unique labels).
     """
     now = now or timezone.now()
-    segments = segments_refresh_order(list(Segment.objects.all()))
+    segments = segments_refresh_order(list(Segment.objects.exclude(kind=SegmentKind.STATIC)))
     results = []
-    for done, segment in enumerate(segments, start=1):
+    for segment in segments:
         try:
             result = segment_refresh(segment=segment, now=now)
         except SegmentRuleInvalid as error:
@@ -403,7 +428,7 @@ def segments_refresh_all(
             )
         results.append(result)
         if progress is not None:
-            progress(done, len(segments), segment)
+            progress(f"Segment {segment.name} ({segment.slug})")
     return results
 
 
@@ -600,6 +625,7 @@ __all__ = [
     "SegmentRuleInvalid",
     "StaticChange",
     "segment_create",
+    "segment_definition_validate",
     "segment_delete",
     "segment_refresh",
     "segment_target_queryset",

@@ -17,6 +17,7 @@ from segmentation.services.segments import (
     SegmentRefreshResult,
     SegmentRuleInvalid,
     segment_create,
+    segment_definition_validate,
     segment_delete,
     segment_refresh,
     segment_update,
@@ -159,6 +160,24 @@ def test_update_changes_what_is_given():
     static = segment_create(name="Hand", kind="static")
     with pytest.raises(ServiceError, match="Static segments have no rule"):
         segment_update(segment=static, rule=SUBSCRIBED)
+
+
+def test_definition_validation_for_forms():
+    assert segment_definition_validate(kind="static", rule={}) == {}
+    assert segment_definition_validate(kind="rfm", rule={"r": [1, 2], "f": (3, 5)}) == {
+        "r": [1, 2],
+        "f": [3, 5],
+    }
+    assert segment_definition_validate(kind="rule", rule=SUBSCRIBED, slug="x") == SUBSCRIBED
+    rule_segment("a", SUBSCRIBED)
+    rule_segment("b", {"all": [{"segment": "a", "op": "in"}]})
+    with pytest.raises(SegmentRuleInvalid, match="a -> b -> a"):
+        segment_definition_validate(
+            kind="rule", rule={"all": [{"segment": "b", "op": "in"}]}, slug="a"
+        )
+    with pytest.raises(ServiceError) as caught:
+        segment_definition_validate(kind="nope", rule=None)
+    assert caught.value.field == "kind"
 
 
 def test_referenced_segment_keeps_its_slug_and_cannot_be_deleted():
@@ -333,19 +352,21 @@ def test_refresh_all_goes_in_dependency_order(people):
         "aaa-top", {"any": [{"segment": "mid", "op": "in"}, {"segment": "hand", "op": "in"}]}
     )
     lone = rule_segment("lone", SUBSCRIBED)
+    static_segment_add(segment=static, external_ids=["dave"], now=NOW)
     seen = []
-    results = segments_refresh_all(
-        now=NOW, progress=lambda done, total, s: seen.append((done, total, s.slug))
-    )
+    results = segments_refresh_all(now=NOW + DAY, progress=seen.append)
     order = [r.slug for r in results]
-    assert order[:3] == [rfm_b.slug, rfm_a.slug, static.slug]
+    assert order[:2] == [rfm_b.slug, rfm_a.slug]
     assert order.index("base") < order.index("mid") < order.index("aaa-top")
-    assert set(order) == {"rfm-b", "rfm-a", "hand", "base", "mid", "aaa-top", "lone"}
-    assert seen == [(n, 7, slug) for n, slug in enumerate(order, start=1)]
+    assert set(order) == {"rfm-b", "rfm-a", "base", "mid", "aaa-top", "lone"}
+    names = {s.slug: s.name for s in Segment.objects.all()}
+    assert seen == [f"Segment {names[slug]} ({slug})" for slug in order]
+    static.refresh_from_db()
+    assert static.size == 1 and static.refreshed_at == NOW
     # The chain saw fresh inputs in one pass: mid = subscribed and not rfm-a (alice).
-    assert members(mid) == {"carol"} and members(top) == {"carol"}
+    assert members(mid) == {"carol"} and members(top) == {"carol", "dave"}
     assert members(base) == {"alice", "carol"} and members(lone) == {"alice", "carol"}
-    assert {r.slug: r.size for r in results}["aaa-top"] == 1
+    assert {r.slug: r.size for r in results}["aaa-top"] == 2
 
 
 def test_refresh_order_puts_cycles_last_without_failing():
