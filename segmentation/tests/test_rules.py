@@ -733,3 +733,19 @@ def test_now_defaults_to_the_current_time(people):
     assert set(
         Customer.objects.filter(rule_compile(condition)).values_list("external_id", flat=True)
     ) == {"dave"}
+
+
+def test_compiled_rule_works_inside_a_subquery(events):
+    """Campaigns use ``pk__in=Customer.objects.filter(q)``: outer references must relabel."""
+    SegmentFactory(slug="vip", kind="static")
+    rule = {
+        "all": [
+            {"event": "session", "op": "fewer_than", "count": 3},
+            {"event": "purchase", "op": "never", "days": 30},
+            {"segment": "vip", "op": "not_in"},
+            {"field": "metrics.frequency", "op": "neq", "value": 5},
+        ]
+    }
+    inner = Customer.objects.filter(rule_compile(rule, now=NOW)).values("pk")
+    outer = Customer.objects.filter(pk__in=inner).values_list("external_id", flat=True)
+    assert set(outer) == {"bob", "carol"}
