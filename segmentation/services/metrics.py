@@ -73,16 +73,15 @@ from segmentation.services.engagement import (
 )
 
 #: The steps of a recompute, in order. ``progress`` is called with each label once the step
-#: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them. The issue's families:
-#: 1 (aggregates) and 3 (scores) are the first step, 2 (counts) the second, 4 (RFM segment)
-#: and 5 (engagement points and tier) the third.
+#: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them.
 METRIC_FAMILIES: tuple[str, ...] = (
-    "Purchases, activity and RFM scores",
+    "Purchases and activity",
     "Event counts over 30 and 90 days",
-    "RFM segments and engagement tiers",
+    "RFM scores and segments",
+    "Engagement tiers",
     "Saving changed metrics",
 )
-_AGGREGATES, _EVENT_COUNTS, _ASSEMBLE, _WRITE = METRIC_FAMILIES
+_AGGREGATES, _EVENT_COUNTS, _SCORES, _ENGAGEMENT, _WRITE = METRIC_FAMILIES
 
 #: Windows of ``event_counts_30d`` / ``event_counts_90d``.
 WINDOW_30D = timedelta(days=30)
@@ -230,14 +229,19 @@ class _Dialect:
         return connection.ops.adapt_datetimefield_value(value)
 
     def monetary_sum(self, condition: str) -> str:
-        """The exact sum of purchase values; an orderable key (SQLite: integer cents)."""
+        """The exact sum of purchase values (SQLite, whose decimals are REAL: integer cents)."""
         if self.postgres:
             return f"coalesce(sum(e.value) FILTER (WHERE {condition}), 0)"
         return f"coalesce(sum(CAST(round(e.value * 100) AS INTEGER)) FILTER (WHERE {condition}), 0)"
 
-    def monetary_value(self, key: str) -> str:
-        """The monetary amount from the key ``monetary_sum`` produced."""
-        return key if self.postgres else f"({key}) / 100.0"
+    def monetary_cents(self, column: str) -> str:
+        """An integer (cents) with the order of the sum ``monetary_sum`` produced: sorts faster
+        than NUMERIC, and exactly, since values have two decimals."""
+        return f"CAST({column} * 100 AS BIGINT)" if self.postgres else column
+
+    def monetary_value(self, column: str) -> str:
+        """The amount from the sum ``monetary_sum`` produced."""
+        return column if self.postgres else f"({column}) / 100.0"
 
     def whole_days_before(self, as_of: datetime, column: str) -> tuple[str, list[Any]]:
         """floor((as_of - column) / 1 day) as an integer, exactly (NULL when column is)."""
@@ -270,51 +274,32 @@ def _epoch_micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> int:
-    """Families 1 and 3: purchase and activity aggregates per customer in one scan of the
-    events, and the R, F, M scores of the customers with a purchase.
+def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
+    """Family 1: purchase and activity aggregates per customer, in one scan of the events.
 
-    Score: w = RANK() - 1 within the scored customers (the partition ``frequency > 0``; ties
-    share the lowest rank), N = that partition's size, ``1 + (5 * w) / N`` in integer
-    division. Events of customers that no longer exist are dropped here, so they never count
-    in N. Returns N.
+    Events of customers that no longer exist are dropped here, so they never count.
     """
     placeholders = ", ".join(["%s"] * len(purchase_types))
     is_purchase = f"e.type IN ({placeholders})"
     recency_sql, recency_params = d.whole_days_before(as_of, "g.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "g.last_activity_at")
-
-    def score(order: str) -> str:
-        return (
-            "CASE WHEN h.frequency > 0 THEN 1 + (5 * (rank() OVER (PARTITION BY h.frequency > 0 "
-            f"ORDER BY {order}) - 1)) / count(*) OVER (PARTITION BY h.frequency > 0) END"
-        )
-
     select = f"""
-        SELECT h.*,
-               {score("h.recency_days DESC")} AS r_score,
-               {score("h.frequency ASC")} AS f_score,
-               {score("h.monetary_key ASC")} AS m_score
+        SELECT g.customer_id, g.frequency, g.monetary, g.first_purchase_at,
+               g.last_purchase_at, g.last_activity_at,
+               {recency_sql} AS recency_days,
+               {activity_sql} AS days_since_last_activity
         FROM (
-            SELECT g.customer_id, g.frequency, g.monetary_key, g.first_purchase_at,
-                   g.last_purchase_at, g.last_activity_at,
-                   {recency_sql} AS recency_days,
-                   {activity_sql} AS days_since_last_activity
-            FROM (
-                SELECT e.customer_id,
-                       count(*) FILTER (WHERE {is_purchase}) AS frequency,
-                       {d.monetary_sum(is_purchase)} AS monetary_key,
-                       min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
-                       max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
-                       max(e.occurred_at) AS last_activity_at
-                FROM {Event._meta.db_table} e
-                WHERE e.occurred_at <= %s
-                GROUP BY e.customer_id
-            ) g
-            WHERE EXISTS (
-                SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = g.customer_id
-            )
-        ) h
+            SELECT e.customer_id,
+                   count(*) FILTER (WHERE {is_purchase}) AS frequency,
+                   {d.monetary_sum(is_purchase)} AS monetary,
+                   min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
+                   max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
+                   max(e.occurred_at) AS last_activity_at
+            FROM {Event._meta.db_table} e
+            WHERE e.occurred_at <= %s
+            GROUP BY e.customer_id
+        ) g
+        WHERE EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = g.customer_id)
     """
     params = [
         *recency_params,
@@ -323,8 +308,6 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
         d.datetime_param(as_of),
     ]
     d.create_temp_table(cursor, "metrics_agg", select, params)
-    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_agg WHERE frequency > 0")
-    return int(cursor.fetchone()[0])
 
 
 def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
@@ -354,12 +337,16 @@ def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
     d.create_temp_table(cursor, "metrics_counts", select, params)
 
 
-def _step_assemble(
-    cursor, d: _Dialect, *, segments: list[tuple[str, dict]], definition: dict | None
-) -> None:
-    """Families 4 and 5: every customer's new values, with RFM segment and engagement points
-    and tier. Joins the current metrics row (if any) for the campaigns app's email counts,
-    which the points model may use, and to tell the rows to insert from those to update."""
+def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
+    """Families 3 and 4: R, F, M scores and the RFM segment of the customers who bought.
+
+    N is the number of customers with a purchase; w the number of them with a strictly
+    smaller frequency (monetary), or a strictly larger ``recency_days``; the score is
+    ``1 + (5 * w) / N`` in integer division, so ties share a score. For F and R, which take
+    few distinct values, w is a running count over a histogram of the values (the count of
+    customers up to and including the value, minus those with the value); for M it is
+    ``RANK() - 1`` (ties share the lowest rank) over integer cents. Returns N.
+    """
     segment_whens: list[str] = []
     segment_params: list[Any] = []
     for slug, rule in segments:
@@ -367,13 +354,51 @@ def _step_assemble(
         for key in ("r", "f", "m"):
             if key in rule:
                 conditions.append(
-                    f"y.{key}_score BETWEEN CAST(%s AS INTEGER) AND CAST(%s AS INTEGER)"
+                    f"s.{key}_score BETWEEN CAST(%s AS INTEGER) AND CAST(%s AS INTEGER)"
                 )
                 segment_params.extend(int(bound) for bound in rule[key])
         segment_whens.append(f"WHEN {' AND '.join(conditions)} THEN CAST(%s AS TEXT)")
         segment_params.append(slug)
     segment_sql = f"CASE {' '.join(segment_whens)} ELSE '' END" if segment_whens else "''"
 
+    agg = f"{d.temp}.metrics_agg"
+    select = f"""
+        WITH f AS (
+            SELECT frequency,
+                   CAST(sum(count(*)) OVER (ORDER BY frequency) AS BIGINT) - count(*) AS w
+            FROM {agg} WHERE frequency > 0 GROUP BY frequency
+        ), r AS (
+            SELECT recency_days,
+                   CAST(sum(count(*)) OVER (ORDER BY recency_days DESC) AS BIGINT)
+                   - count(*) AS w
+            FROM {agg} WHERE frequency > 0 GROUP BY recency_days
+        ), n AS (
+            SELECT count(*) AS n FROM {agg} WHERE frequency > 0
+        )
+        SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
+        FROM (
+            SELECT a.customer_id,
+                   CAST(1 + (5 * r.w) / n.n AS INTEGER) AS r_score,
+                   CAST(1 + (5 * f.w) / n.n AS INTEGER) AS f_score,
+                   CAST(1 + (5 * (rank() OVER (ORDER BY {d.monetary_cents("a.monetary")}) - 1))
+                        / n.n AS INTEGER) AS m_score
+            FROM {agg} a
+            JOIN f ON f.frequency = a.frequency
+            JOIN r ON r.recency_days = a.recency_days
+            CROSS JOIN n
+            WHERE a.frequency > 0
+        ) s
+    """
+    d.create_temp_table(cursor, "metrics_scores", select, segment_params)
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_scores")
+    return int(cursor.fetchone()[0])
+
+
+def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
+    """Family 5 and the comparison: every customer's new values with engagement points and
+    tier, kept only where they differ from the stored row (or there is none, or it was never
+    computed). The stored row also gives the campaigns app's email counts, which the points
+    model may use. Returns the number of rows to write."""
     if definition is None:
         points_sql, points_params, tier_sql, tier_params = "0", (), "''", ()
     else:
@@ -399,52 +424,63 @@ def _step_assemble(
         points_sql, points_params = compiled.points_sql, compiled.points_params
         tier_sql, tier_params = compiled.tier_sql, compiled.tier_params
 
+    old = ",\n".join(f"e.{column} AS old_{column}" for column in (*_WRITTEN_COLUMNS, "computed_at"))
+    changed = " OR ".join(f"w.old_{column} {d.distinct} w.{column}" for column in _WRITTEN_COLUMNS)
     select = f"""
-        SELECT z.*, {tier_sql} AS engagement_tier
+        SELECT w.customer_id, w.has_row, {", ".join(f"w.{c}" for c in _WRITTEN_COLUMNS)}
         FROM (
-            SELECT y.*, {segment_sql} AS rfm_segment, {points_sql} AS engagement_points
+            SELECT z.*, {tier_sql} AS engagement_tier
             FROM (
-                SELECT c.id AS customer_id, e.customer_id IS NOT NULL AS has_row,
-                       coalesce(e.emails_sent, 0) AS emails_sent,
-                       coalesce(e.emails_opened, 0) AS emails_opened,
-                       coalesce(e.emails_clicked, 0) AS emails_clicked,
-                       a.first_purchase_at, a.last_purchase_at, a.recency_days,
-                       coalesce(a.frequency, 0) AS frequency,
-                       {d.monetary_value("coalesce(a.monetary_key, 0)")} AS monetary,
-                       a.last_activity_at, a.days_since_last_activity,
-                       coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
-                       coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
-                       coalesce(k.events_30d, 0) AS events_30d,
-                       coalesce(k.events_90d, 0) AS events_90d,
-                       a.r_score, a.f_score, a.m_score
-                FROM {Customer._meta.db_table} c
-                LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
-                LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
-                LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = c.id
-            ) y{d.fence}
-        ) z
+                SELECT y.*, {points_sql} AS engagement_points
+                FROM (
+                    SELECT c.id AS customer_id, e.customer_id IS NOT NULL AS has_row,
+                           coalesce(e.emails_sent, 0) AS emails_sent,
+                           coalesce(e.emails_opened, 0) AS emails_opened,
+                           coalesce(e.emails_clicked, 0) AS emails_clicked,
+                           a.first_purchase_at, a.last_purchase_at, a.recency_days,
+                           coalesce(a.frequency, 0) AS frequency,
+                           {d.monetary_value("coalesce(a.monetary, 0)")} AS monetary,
+                           a.last_activity_at, a.days_since_last_activity,
+                           coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
+                           coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
+                           coalesce(k.events_30d, 0) AS events_30d,
+                           coalesce(k.events_90d, 0) AS events_90d,
+                           s.r_score, s.f_score, s.m_score,
+                           coalesce(s.rfm_segment, '') AS rfm_segment,
+                           {old}
+                    FROM {Customer._meta.db_table} c
+                    LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
+                    LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
+                    LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = c.id
+                    LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = c.id
+                ) y{d.fence}
+            ) z
+        ) w
+        WHERE NOT w.has_row OR w.old_computed_at IS NULL OR {changed}
     """
-    d.create_temp_table(
-        cursor, "metrics_new", select, [*tier_params, *segment_params, *points_params]
-    )
+    d.create_temp_table(cursor, "metrics_new", select, [*tier_params, *points_params])
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_new")
+    return int(cursor.fetchone()[0])
 
 
 def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) -> tuple:
-    """Update the metrics rows whose values changed, insert the missing ones.
+    """Write the changed rows: update the existing ones, insert the missing ones.
 
     Returns (rows inserted, rows inserted or updated). A row another transaction inserts
     meanwhile (the campaigns app counting an email) is left alone until the next run.
     """
     table = CustomerMetrics._meta.db_table
     stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
+    if d.postgres:
+        # Statistics for the planner: usually a few rows (index lookups), sometimes all.
+        cursor.execute(f"ANALYZE {d.temp}.metrics_new")
     assignments = ", ".join(f"{column} = n.{column}" for column in _WRITTEN_COLUMNS)
-    changed = " OR ".join(f"m.{column} {d.distinct} n.{column}" for column in _WRITTEN_COLUMNS)
     cursor.execute(
         f"""
         UPDATE {table} AS m
         SET {assignments}, as_of = %s, computed_at = %s
         FROM {d.temp}.metrics_new n
-        WHERE m.customer_id = n.customer_id AND (m.computed_at IS NULL OR {changed})
+        WHERE m.customer_id = n.customer_id AND n.has_row
         """,
         stamps,
     )
@@ -516,21 +552,16 @@ def metrics_recompute(
         definition = engagement_model_active_definition()
         computed_at = timezone.now()
 
-        scored = run(
-            _AGGREGATES,
-            lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types),
-        )
+        run(_AGGREGATES, lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types))
         run(_EVENT_COUNTS, lambda: _step_event_counts(cursor, d, as_of=as_of))
-        run(
-            _ASSEMBLE,
-            lambda: _step_assemble(cursor, d, segments=segments, definition=definition),
-        )
+        scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments))
+        run(_ENGAGEMENT, lambda: _step_engagement(cursor, d, definition=definition))
         inserted, changed = run(
             _WRITE, lambda: _step_write(cursor, d, as_of=as_of, computed_at=computed_at)
         )
-        cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_new")
+        cursor.execute(f"SELECT count(*) FROM {Customer._meta.db_table}")
         customers = int(cursor.fetchone()[0])
-        for name in ("metrics_agg", "metrics_counts", "metrics_new"):
+        for name in ("metrics_agg", "metrics_counts", "metrics_scores", "metrics_new"):
             d.drop_temp_table(cursor, name)
         if d.postgres:
             for name, value in previous.items():
