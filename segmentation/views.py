@@ -60,6 +60,7 @@ from segmentation.models import (
 from segmentation.rules import RuleError, rule_validate
 
 PAGE_SIZE = 50
+MEMBERS_PAGE = 25
 TIMELINE_PAGE = 50
 PREVIEW_SAMPLE = 10
 RECENT_IMPORTS = 20
@@ -225,7 +226,7 @@ def segment_detail(request: HttpRequest, slug: str) -> HttpResponse:
         segment_members(segment=segment).select_related("metrics"),
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
-        size=PAGE_SIZE,
+        size=MEMBERS_PAGE,
     )
     context: dict[str, Any] = {"segment": segment, "page": page}
     if _fragment_request(request):
@@ -437,7 +438,16 @@ def _builder(request: HttpRequest, *, segment: Segment | None) -> HttpResponse:
     action = request.POST.get("action", "") if request.method == "POST" else ""
     json_error = ""
     if request.method == "POST":
-        details = SegmentDetailsForm(request.POST)
+        # Bound (and so validated, with errors shown) only when saving.
+        posted = {
+            "name": request.POST.get("name", ""),
+            "description": request.POST.get("description", ""),
+        }
+        details = (
+            SegmentDetailsForm(request.POST)
+            if action == "save"
+            else SegmentDetailsForm(initial=posted)
+        )
         tree = builder.tree_from_data(request.POST)
         pasted = request.POST.get("rule_json", "").strip()
         if action == "load-json":

@@ -7,6 +7,7 @@ assertions wait for what the server swaps in (Playwright's ``expect`` retries un
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from django.utils import timezone
@@ -115,6 +116,26 @@ def test_builder_live_preview_follows_edits_and_saves_the_segment(page, login, m
     second.get_by_label("Value").press_sequentially("Buyer3", delay=30)
     expect(count).to_have_text("1")
     expect(page.locator("#err-r-1")).to_have_text("")
+
+    # Typing, then at once adding a group while the server is slow: the debounced preview
+    # fires while the redraw is in flight, and must not abort it.
+    def slow_redraw(route):
+        time.sleep(0.8)
+        route.continue_()
+
+    page.route("**/segments/new/", slow_redraw)
+    second.get_by_label("Value").fill("Buyer")
+    page.get_by_role("button", name="+ Group").last.click()
+    expect(page.locator("#row-r-2")).to_be_visible()
+    page.unroute("**/segments/new/")
+    page.wait_for_timeout(600)  # let the debounced preview run
+    expect(page.locator("#row-r-2")).to_be_visible()
+    expect(page.locator("#err-r-2-0")).to_have_text("choose a field")
+    expect(second.get_by_label("Value")).to_have_value("Buyer")
+    after_swap(page, lambda: page.get_by_role("button", name="Remove this group").click())
+    expect(page.locator("#row-r-2")).to_have_count(0)
+    second.get_by_label("Value").fill("Buyer3")
+    expect(count).to_have_text("1")
 
     # Any of the two: the match switch is live too.
     page.locator("#r-match").select_option("any")
