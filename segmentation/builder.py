@@ -88,8 +88,9 @@ Node = Group | Condition
 
 
 def new_tree() -> Group:
-    """What a new segment starts with: all of one empty condition."""
-    return renumber(Group(children=[Condition()]))
+    """What a new segment starts with: an empty "all of" group (everyone, until a condition
+    is added; docs/marketers/segments.md says so)."""
+    return renumber(Group())
 
 
 # --- ids --------------------------------------------------------------------------------------

@@ -203,7 +203,12 @@ def refresh_create(request: HttpRequest) -> HttpResponse:
 @role_required(*SEGMENT_ROLES)
 def refresh_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(RefreshRun, pk=pk)
-    context = {"run": run, "poll_every": POLL_EVERY}
+    context: dict[str, Any] = {"run": run, "poll_every": POLL_EVERY}
+    if _fragment_request(request) and run.is_finished:
+        # Polled from a segment's page: offer to reload it (the list reloads its table).
+        page = request.htmx.current_url_abs_path or ""
+        if page and page.split("?")[0] != reverse("segmentation:segment-list"):
+            context["reload_url"] = page
     if not _fragment_request(request):
         timings = sorted((run.timings or {}).items(), key=lambda item: -float(item[1] or 0))
         return render(request, "segmentation/refresh_detail.html", context | {"timings": timings})
@@ -231,7 +236,10 @@ def segment_detail(request: HttpRequest, slug: str) -> HttpResponse:
     context: dict[str, Any] = {"segment": segment, "page": page}
     if _fragment_request(request):
         return _page(request, "segmentation/segment_detail.html", context, partial="members")
-    context |= _segment_context(segment)
+    context |= _segment_context(segment) | {
+        "run": RefreshRun.objects.first(),
+        "poll_every": POLL_EVERY,
+    }
     return _page(request, "segmentation/segment_detail.html", context, partial="members")
 
 

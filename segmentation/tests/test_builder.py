@@ -144,6 +144,8 @@ def test_missing_root_gives_an_empty_all_group():
 
 def test_actions_add_remove_and_switch():
     tree = builder.new_tree()
+    assert builder.rule_from_tree(tree) == {"all": []}
+    tree = builder.apply_action(tree, "add-condition:r")
     assert builder.rule_from_tree(tree) == {"all": [{"field": "", "op": ""}]}
     tree = builder.apply_action(tree, "add-group:r")
     assert isinstance(tree.children[1], Group) and tree.children[1].match == "any"

@@ -47,10 +47,17 @@ def rule_form(**extra) -> dict[str, str]:
     return data
 
 
-def test_new_builder_page_starts_with_one_empty_condition_and_dropdowns(client_for, marketer):
+def test_new_builder_page_starts_empty_matching_everyone(client_for, marketer, buyers):
     html = client_for(marketer).get(NEW).text
     assert "New rule segment" in html
-    assert 'name="r.kind" value="group"' in html and 'name="r-0.kind" value="condition"' in html
+    assert 'name="r.kind" value="group"' in html and 'name="r-0.kind"' not in html
+    assert "No conditions: every customer matches." in html and 'data-count="4"' in html
+    assert 'name="action" value="add-condition:r"' in html
+
+
+def test_an_added_condition_offers_the_dropdowns(client_for, marketer):
+    html = client_for(marketer).post(NEW, {"r.kind": "group", "action": "add-condition:r"}).text
+    assert 'name="r-0.kind" value="condition"' in html
     assert '<optgroup label="Customer">' in html and '<optgroup label="Metrics">' in html
     assert 'value="metrics.frequency"' in html and 'value="event"' in html
     assert 'hx-post="' + PREVIEW + '"' in html

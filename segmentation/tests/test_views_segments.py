@@ -184,6 +184,21 @@ def test_refresh_button_submits_a_run_and_shows_its_progress_until_done(
     assert "hx-trigger" not in done.text and "Done" in done.text and "Refresh now" in done.text
 
 
+def test_segment_page_has_the_refresh_button_and_offers_a_reload_when_done(
+    client_for, marketer, rule_segment, static
+):
+    client = client_for(marketer)
+    assert "Refresh now" in client.get(rule_segment.get_absolute_url()).text
+    assert "Refresh now" not in client.get(static.get_absolute_url()).text  # nothing to refresh
+    run = RefreshRun.objects.create(as_of=T0, status=JobStatus.SUCCEEDED, finished_at=T0)
+    poll = reverse("segmentation:refresh-detail", args=[run.pk])
+    page = f"http://testserver{rule_segment.get_absolute_url()}"
+    done = client.get(poll, headers={**HX, "HX-Current-URL": page})
+    assert f'<a href="{rule_segment.get_absolute_url()}">Reload this page</a>' in done.text
+    done = client.get(poll, headers={**HX, "HX-Current-URL": "http://testserver" + LIST})
+    assert "Reload this page" not in done.text  # the list reloads its table by itself
+
+
 def test_refresh_without_htmx_redirects_with_a_message(
     client_for, marketer, django_capture_on_commit_callbacks
 ):

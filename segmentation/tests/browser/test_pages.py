@@ -97,7 +97,10 @@ def test_builder_live_preview_follows_edits_and_saves_the_segment(page, login, m
     page.get_by_label("Name").fill("Frequent buyers")
     mark_page(page)
 
+    expect(count).to_have_text("5")  # an empty "all of" group: everyone
+    after_swap(page, lambda: page.get_by_role("button", name="+ Condition").click())
     row = page.locator("#row-r-0")
+    expect(page.locator("#err-r-0")).to_have_text("choose a field")
     after_swap(page, lambda: row.get_by_label("Field").select_option("metrics.frequency"))
     after_swap(page, lambda: row.get_by_label("Operator").select_option("gte"))
     row.get_by_label("Value").press_sequentially("3", delay=50)
