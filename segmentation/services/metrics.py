@@ -36,16 +36,18 @@ Definitions
 
 Writing
 -------
-Each family is computed into a temporary table: purchase and activity aggregates with the
-RFM scores (one scan of the events, then window functions over one row per customer),
-per-type counts (the 90-day window of events), then every customer's new values with RFM
-segment and engagement tier. Finally only rows whose values differ (``IS DISTINCT FROM``)
-are updated and missing rows inserted, so an hourly run writes only what changed. ``as_of``
-and ``computed_at`` on a row are those of the last recompute that changed it. The whole
-recompute is one transaction (nested in the caller's, if any); on PostgreSQL it also holds a
-transaction-level advisory lock so two recomputes never interleave. Engagement rules read
-the email counts as they are when the tiers are computed; a count the campaigns app changes
-during the recompute is kept, and reflected in the tier by the next recompute.
+Each family is one statement that fills a temporary table: (1) purchase and activity
+aggregates, in one scan of the events; (2) per-type counts, from the 90-day window of events;
+(3, 4) scores and RFM segment of the customers who bought, from (1); (5) every customer's new
+values with engagement points and tier, compared in SQL (``IS DISTINCT FROM``) with the stored
+row and kept only where they differ. Then those rows are updated and the missing ones
+inserted, so an hourly run writes only what changed. ``as_of`` and ``computed_at`` on a row
+are those of the last recompute that changed it.
+
+The whole recompute is one transaction (nested in the caller's, if any); on PostgreSQL it also
+holds a transaction-level advisory lock so two recomputes never interleave. Engagement rules
+read the email counts as they are when the tiers are computed; a count the campaigns app
+changes during the recompute is kept, and reflected in the tier by the next recompute.
 
 Vendors: PostgreSQL is the production fast path; SQLite (>= 3.33) is supported for
 development. The differences live in :class:`_Dialect`: exact money on SQLite is summed in
@@ -341,11 +343,11 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
     """Families 3 and 4: R, F, M scores and the RFM segment of the customers who bought.
 
     N is the number of customers with a purchase; w the number of them with a strictly
-    smaller frequency (monetary), or a strictly larger ``recency_days``; the score is
-    ``1 + (5 * w) / N`` in integer division, so ties share a score. For F and R, which take
-    few distinct values, w is a running count over a histogram of the values (the count of
-    customers up to and including the value, minus those with the value); for M it is
-    ``RANK() - 1`` (ties share the lowest rank) over integer cents. Returns N.
+    smaller frequency (monetary), or a strictly larger ``recency_days``: ``RANK() - 1`` in
+    that order, since ties share the lowest rank. The score is ``1 + (5 * w) / N`` in integer
+    division, so ties always share a score. The window functions sort one narrow row per
+    scored customer; money is ranked in integer cents (exact, and faster than NUMERIC).
+    Returns N.
     """
     segment_whens: list[str] = []
     segment_params: list[Any] = []
@@ -361,31 +363,17 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
         segment_params.append(slug)
     segment_sql = f"CASE {' '.join(segment_whens)} ELSE '' END" if segment_whens else "''"
 
-    agg = f"{d.temp}.metrics_agg"
+    def score(key: str) -> str:
+        return f"CAST(1 + (5 * (rank() OVER (ORDER BY {key}) - 1)) / count(*) OVER () AS INTEGER)"
+
     select = f"""
-        WITH f AS (
-            SELECT frequency,
-                   CAST(sum(count(*)) OVER (ORDER BY frequency) AS BIGINT) - count(*) AS w
-            FROM {agg} WHERE frequency > 0 GROUP BY frequency
-        ), r AS (
-            SELECT recency_days,
-                   CAST(sum(count(*)) OVER (ORDER BY recency_days DESC) AS BIGINT)
-                   - count(*) AS w
-            FROM {agg} WHERE frequency > 0 GROUP BY recency_days
-        ), n AS (
-            SELECT count(*) AS n FROM {agg} WHERE frequency > 0
-        )
         SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
         FROM (
             SELECT a.customer_id,
-                   CAST(1 + (5 * r.w) / n.n AS INTEGER) AS r_score,
-                   CAST(1 + (5 * f.w) / n.n AS INTEGER) AS f_score,
-                   CAST(1 + (5 * (rank() OVER (ORDER BY {d.monetary_cents("a.monetary")}) - 1))
-                        / n.n AS INTEGER) AS m_score
-            FROM {agg} a
-            JOIN f ON f.frequency = a.frequency
-            JOIN r ON r.recency_days = a.recency_days
-            CROSS JOIN n
+                   {score("a.recency_days DESC")} AS r_score,
+                   {score("a.frequency ASC")} AS f_score,
+                   {score(d.monetary_cents("a.monetary") + " ASC")} AS m_score
+            FROM {d.temp}.metrics_agg a
             WHERE a.frequency > 0
         ) s
     """
