@@ -67,23 +67,28 @@ def customer_search(*, filters: CustomerFilters, queryset: QuerySet | None = Non
     """Customers matching ``filters``, newest first (ordered by id for keyset pagination).
 
     Search is case-insensitive and matches the start of the email, first name, last name or
-    full name, or the exact external id. On PostgreSQL the email prefix uses an index.
+    full name, or the exact external id. On PostgreSQL the email prefix and the external id use
+    indexes; every prefix is written ``lower(column) LIKE 'term%'`` so that expression indexes
+    (``lower(first_name) text_pattern_ops``...) serve the name prefixes too once they exist.
     """
     customers = Customer.objects.all() if queryset is None else queryset
     term = filters.search.strip()
     if term:
         lowered = term.lower()
         q = Q(email_lower__startswith=lowered) | Q(external_id=term)
+        annotations = {"email_lower": Lower("email")}
         if "@" not in term:
             q |= (
-                Q(first_name__istartswith=term)
-                | Q(last_name__istartswith=term)
+                Q(first_name_lower__startswith=lowered)
+                | Q(last_name_lower__startswith=lowered)
                 | Q(full_name_lower__startswith=lowered)
             )
-        customers = customers.annotate(
-            email_lower=Lower("email"),
-            full_name_lower=Lower(Concat("first_name", Value(" "), "last_name")),
-        ).filter(q)
+            annotations |= {
+                "first_name_lower": Lower("first_name"),
+                "last_name_lower": Lower("last_name"),
+                "full_name_lower": Lower(Concat("first_name", Value(" "), "last_name")),
+            }
+        customers = customers.annotate(**annotations).filter(q)
     if filters.subscription_status:
         customers = customers.filter(subscription_status=filters.subscription_status)
     if filters.segment is not None:

@@ -98,13 +98,21 @@ def _int_param(request: HttpRequest, name: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 19 else None
 
 
+def _datetime_param(request: HttpRequest, name: str) -> dt.datetime | None:
+    try:
+        return parse_datetime(request.GET.get(name, "")[:64])
+    except ValueError:  # well formed but not a real date
+        return None
+
+
 # --- Customers ---------------------------------------------------------------------------------
 
 
 @require_GET
 @role_required(*CUSTOMER_ROLES)
 def customer_list(request: HttpRequest) -> HttpResponse:
-    form = CustomerFilterForm(request.GET, choices=customer_filter_choices())
+    choices = customer_filter_choices()
+    form = CustomerFilterForm(request.GET, choices=choices)
     customers = customer_search(filters=form.filters()).select_related("metrics")
     page = keyset_page(
         customers,
@@ -115,6 +123,7 @@ def customer_list(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "page": page,
+        "rfm_names": dict(choices.rfm_segments),
         "estimate": None if _fragment_request(request) else customer_count_estimate(),
     }
     return _page(request, "segmentation/customer_list.html", context, partial="results")
@@ -124,7 +133,7 @@ def customer_list(request: HttpRequest) -> HttpResponse:
 @role_required(*CUSTOMER_ROLES)
 def customer_detail(request: HttpRequest, pk: int) -> HttpResponse:
     customer = get_object_or_404(Customer, pk=pk)
-    before = parse_datetime(request.GET.get("before", "")) if request.GET.get("before") else None
+    before = _datetime_param(request, "before")
     events = customer_timeline(
         customer=customer,
         before=before,

@@ -43,6 +43,15 @@ def bar_width(value: Any, maximum: Any) -> str:
 
 
 @register.filter
+def lookup(mapping: Any, key: Any) -> Any:
+    """``{{ names|lookup:slug }}``: the value for ``key``, or the key itself."""
+    try:
+        return mapping.get(key, key)
+    except AttributeError:
+        return key
+
+
+@register.filter
 def percent_of(part: Any, whole: Any) -> str:
     try:
         part, whole = float(part or 0), float(whole or 0)

@@ -225,6 +225,19 @@ def test_detail_without_metrics_or_events_says_so(client_for, marketer):
     assert "No metrics yet" in html and "No events yet" in html and "Not in any segment" in html
 
 
+def test_a_broken_timeline_cursor_shows_the_newest_events(client_for, marketer):
+    customer = CustomerFactory()
+    EventFactory(customer=customer, type="only", occurred_at=T0)
+    for value in ("2024-13-45T00:00:00", "yesterday"):
+        html = client_for(marketer).get(customer.get_absolute_url(), {"before": value}).text
+        assert "<strong>only</strong>" in html
+
+
+def test_list_names_the_rfm_segment(client_for, marketer, crowd):
+    html = client_for(marketer).get(LIST, {"rfm_segment": "champions"}).text
+    assert "<td>Champions</td>" in html
+
+
 def test_unknown_customer_is_404(client_for, marketer):
     assert (
         client_for(marketer).get(reverse("segmentation:customer-detail", args=[999999])).status_code
