@@ -363,8 +363,11 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
         segment_params.append(slug)
     segment_sql = f"CASE {' '.join(segment_whens)} ELSE '' END" if segment_whens else "''"
 
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_agg WHERE frequency > 0")
+    n = int(cursor.fetchone()[0])
+
     def score(key: str) -> str:
-        return f"CAST(1 + (5 * (rank() OVER (ORDER BY {key}) - 1)) / count(*) OVER () AS INTEGER)"
+        return f"CAST(1 + (5 * (rank() OVER (ORDER BY {key}) - 1)) / %s AS INTEGER)"
 
     select = f"""
         SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
@@ -377,9 +380,9 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
             WHERE a.frequency > 0
         ) s
     """
-    d.create_temp_table(cursor, "metrics_scores", select, segment_params)
-    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_scores")
-    return int(cursor.fetchone()[0])
+    # N is a parameter rather than count(*) OVER (), which would buffer every row again.
+    d.create_temp_table(cursor, "metrics_scores", select, [*segment_params, n, n, n])
+    return n
 
 
 def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:

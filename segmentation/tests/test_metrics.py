@@ -307,6 +307,19 @@ def test_customers_without_purchases_are_unscored_but_get_activity_and_a_tier():
     assert result.scored == 1
 
 
+def test_nobody_has_bought_yet():
+    cid = one_customer_with([("session", DAY, None)])
+    result = metrics_recompute(as_of=AS_OF)
+    assert (result.customers, result.scored, result.inserted) == (1, 0, 1)
+    assert stored()[cid]["r_score"] is None
+    assert metrics_recompute(as_of=AS_OF).rows_changed == 0
+
+
+def test_no_customers_at_all():
+    result = metrics_recompute(as_of=AS_OF)
+    assert (result.customers, result.scored, result.rows_changed) == (0, 0, 0)
+
+
 def test_later_events_are_ignored_so_a_historical_as_of_is_reproducible():
     rng = random.Random(7)
     ids = make_customers(40)
