@@ -265,11 +265,8 @@ class _Dialect:
         return f"((%s - {micros}) / 86400000000)", [_epoch_micros(as_of)]
 
     def json_object_agg(self, key: str, value: str) -> str:
-        return (
-            f"jsonb_object_agg({key}, {value})"
-            if self.postgres
-            else (f"json_group_object({key}, {value})")
-        )
+        function = "jsonb_object_agg" if self.postgres else "json_group_object"
+        return f"{function}({key}, {value})"
 
 
 def _epoch_micros(value: datetime) -> int:
@@ -389,7 +386,8 @@ def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
     """Family 5 and the comparison: every customer's new values with engagement points and
     tier, kept only where they differ from the stored row (or there is none, or it was never
     computed). The stored row also gives the campaigns app's email counts, which the points
-    model may use. Returns the number of rows to write."""
+    model may use. Returns the number of rows to write.
+    """
     if definition is None:
         points_sql, points_params, tier_sql, tier_params = "0", (), "''", ()
     else:
@@ -454,7 +452,7 @@ def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) -> tuple:
+def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) -> tuple[int, int]:
     """Write the changed rows: update the existing ones, insert the missing ones.
 
     Returns (rows inserted, rows inserted or updated). A row another transaction inserts
@@ -505,9 +503,10 @@ def metrics_recompute(
     ``purchase_types`` defaults to ``settings.PURCHASE_EVENT_TYPES``. ``progress`` is called
     with the label of each step of :data:`METRIC_FAMILIES` as it finishes; it runs inside the
     recompute's transaction, so database writes it makes on the same connection are only
-    seen by others once the recompute commits. Raises
-    :class:`ServiceError` (before writing anything) for a naive ``as_of``, no purchase types,
-    an invalid RFM segment rule or an invalid active engagement model.
+    seen by others once the recompute commits (and are rolled back if it fails).
+
+    Raises :class:`ServiceError` (before writing anything) for a naive ``as_of``, no purchase
+    types, an invalid RFM segment rule or an invalid active engagement model.
     """
     if timezone.is_naive(as_of):
         raise ServiceError("as_of must be timezone-aware.", field="as_of")
