@@ -4,8 +4,11 @@ Physical design notes (see docs/ops/data.md):
 
 - ``Event`` is written at COPY speed, so it carries no foreign-key constraint (the ingestion
   services resolve customers in SQL before inserting) and only the indexes the reads need:
-  (customer, time) for timelines, (type, time) for event-window rules and the type filter,
-  a BRIN on time (PostgreSQL migration), and the idempotency key (source, event_id).
+  (customer, time) for timelines, (type, time) covering customer for event-window rules and
+  the type filter, a BRIN on time (PostgreSQL migration), and the idempotency key
+  (source, event_id).
+- Derived, high-volume rows (metrics, memberships) carry no database foreign-key constraints
+  either; the ORM cascades deletes and the services write them set-based.
 - ``CustomerMetrics`` is derived data, recomputed set-based; nothing edits it by hand.
 - ``SegmentMembership`` keeps history: a row per stay in a segment, ``left_at`` set when the
   customer leaves; current members have ``left_at IS NULL``.
@@ -94,7 +97,11 @@ class Event(models.Model):
         ]
         indexes = [
             models.Index(fields=["customer", "occurred_at"], name="event_customer_time"),
-            models.Index(fields=["type", "occurred_at"], name="event_type_time"),
+            # Covering: event-window rules ("purchase at least twice in 30 days") are answered
+            # from the index alone on PostgreSQL.
+            models.Index(
+                fields=["type", "occurred_at"], include=["customer"], name="event_type_time"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -104,8 +111,14 @@ class Event(models.Model):
 class CustomerMetrics(models.Model):
     """One row per customer, recomputed by ``segmentation.services.metrics``."""
 
+    # No database constraint: a first recompute inserts a row per customer, and a million
+    # deferred constraint checks at commit would cost more than the insert. The ORM cascades.
     customer = models.OneToOneField(
-        Customer, on_delete=models.CASCADE, primary_key=True, related_name="metrics"
+        Customer,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        db_constraint=False,
+        related_name="metrics",
     )
     first_purchase_at = models.DateTimeField(null=True, blank=True)
     last_purchase_at = models.DateTimeField(null=True, blank=True)
@@ -179,8 +192,14 @@ class Segment(models.Model):
 class SegmentMembership(models.Model):
     """One stay of a customer in a segment; current members have ``left_at`` NULL."""
 
-    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships")
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="memberships")
+    # No database constraints: refreshes insert members set-based by the hundred thousand, and
+    # deferred constraint checks at commit would dominate. The ORM cascades deletes.
+    segment = models.ForeignKey(
+        Segment, on_delete=models.CASCADE, db_constraint=False, related_name="memberships"
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, db_constraint=False, related_name="memberships"
+    )
     joined_at = models.DateTimeField()
     left_at = models.DateTimeField(null=True, blank=True)
 
