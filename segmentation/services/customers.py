@@ -297,9 +297,16 @@ def _upsert_orm(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
                 to_update.append(customer)
             else:
                 result.unchanged += 1
-    Customer.objects.bulk_create(to_create, batch_size=500)
-    Customer.objects.bulk_update(
-        to_update, [*_FIELDS, "subscription_status", "attributes", "updated_at"], batch_size=500
+    written = [*_FIELDS, "subscription_status", "attributes", "updated_at"]
+    bulk.executemany_insert(
+        Customer,
+        fields=["external_id", *written, "created_at"],
+        rows=([c.external_id, *(getattr(c, f) for f in written), c.created_at] for c in to_create),
+    )
+    bulk.executemany_update(
+        Customer,
+        fields=written,
+        rows=([*(getattr(c, f) for f in written), c.pk] for c in to_update),
     )
     result.created, result.updated = len(to_create), len(to_update)
     result.rejected.sort(key=lambda error: error.row)

@@ -168,7 +168,7 @@ def _ingest_orm(rows: Sequence[tuple[int, EventRow]], create_customers: bool) ->
                 ).values_list("source", "event_id")
             )
 
-    to_create: list[Event] = []
+    to_create: list[tuple] = []
     for key, row in rows:
         customer_id = customer_ids.get(row.external_id)
         if customer_id is None:
@@ -183,16 +183,19 @@ def _ingest_orm(rows: Sequence[tuple[int, EventRow]], create_customers: bool) ->
                 continue
             stored.add(identity)
         to_create.append(
-            Event(
-                customer_id=customer_id,
-                type=row.type,
-                occurred_at=row.occurred_at,
-                value=row.value,
-                properties=row.properties,
-                source=row.source,
-                event_id=row.event_id,
+            (
+                customer_id,
+                row.type,
+                row.occurred_at,
+                row.value,
+                row.properties,
+                row.source,
+                row.event_id,
             )
         )
-    Event.objects.bulk_create(to_create, batch_size=500)
-    result.accepted = len(to_create)
+    result.accepted = bulk.executemany_insert(
+        Event,
+        fields=["customer", "type", "occurred_at", "value", "properties", "source", "event_id"],
+        rows=to_create,
+    )
     return result
