@@ -277,8 +277,12 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> Segm
         if segment.kind != SegmentKind.STATIC:
             _postgres_settings()
             target_sql, target_params = _target_sql(segment, now)
-            left = _mark_leavers(segment, target_sql, target_params, now)
-            joined = _insert_joiners(segment, target_sql, target_params, now)
+            _materialize_target(target_sql, target_params)
+            try:
+                left = _mark_leavers(segment, now)
+                joined = _insert_joiners(segment, now)
+            finally:
+                _drop_target()
         size = _record(segment, now=now, joined=joined, left=left)
     return SegmentRefreshResult(
         joined=joined,
@@ -332,31 +336,55 @@ def _db_datetime(value: dt.datetime) -> Any:
     return SegmentMembership._meta.get_field("joined_at").get_db_prep_save(value, connection)
 
 
-def _mark_leavers(segment: Segment, target_sql: str, target_params: tuple, now: dt.datetime) -> int:
+def _temp(name: str) -> str:
+    return f"pg_temp.{name}" if connection.vendor == "postgresql" else f"temp.{name}"
+
+
+def _materialize_target(target_sql: str, target_params: tuple) -> None:
+    """Compute the target set once into a temporary table the planner knows the size of.
+
+    Both the leavers' UPDATE and the joiners' INSERT anti-join against it: the rule query
+    runs exactly once, and stale statistics on freshly loaded tables cannot trick PostgreSQL
+    into re-running it per member.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {_temp('segment_target')}")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE segment_target AS SELECT DISTINCT t.cid FROM ({target_sql}) t",
+            target_params,
+        )
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE segment_target")
+
+
+def _drop_target() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {_temp('segment_target')}")
+
+
+def _mark_leavers(segment: Segment, now: dt.datetime) -> int:
     membership, _ = _tables()
     sql = (
         f"UPDATE {membership} SET left_at = %s "
         f"WHERE segment_id = %s AND left_at IS NULL AND NOT EXISTS ("
-        f"SELECT 1 FROM ({target_sql}) t WHERE t.cid = {membership}.customer_id)"
+        f"SELECT 1 FROM segment_target t WHERE t.cid = {membership}.customer_id)"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, (_db_datetime(now), segment.pk, *target_params))
+        cursor.execute(sql, (_db_datetime(now), segment.pk))
         return cursor.rowcount
 
 
-def _insert_joiners(
-    segment: Segment, target_sql: str, target_params: tuple, now: dt.datetime
-) -> int:
+def _insert_joiners(segment: Segment, now: dt.datetime) -> int:
     membership, _ = _tables()
     sql = (
         f"INSERT INTO {membership} (segment_id, customer_id, joined_at, left_at) "
-        f"SELECT %s, t.cid, %s, NULL FROM ({target_sql}) t "
+        f"SELECT %s, t.cid, %s, NULL FROM segment_target t "
         f"WHERE NOT EXISTS (SELECT 1 FROM {membership} m "
         f"WHERE m.segment_id = %s AND m.left_at IS NULL "
         f"AND m.customer_id = t.cid)"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, (segment.pk, _db_datetime(now), *target_params, segment.pk))
+        cursor.execute(sql, (segment.pk, _db_datetime(now), segment.pk))
         return cursor.rowcount
 
 

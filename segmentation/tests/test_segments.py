@@ -320,7 +320,7 @@ def test_refresh_is_set_based(people, django_assert_max_num_queries):
             ]
         },
     )
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(14):
         result = segment_refresh(segment=segment, now=NOW)
     assert result.joined == 34
 
