@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from abtest.errors import ServiceError
 from segmentation.models import ImportJob, ImportKind, JobStatus
+from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
 from segmentation.services.events import IngestResult, events_ingest
 from segmentation.services.validation import RowError, RowInvalid, clean_customer, clean_event
@@ -344,6 +345,7 @@ def csv_import(
             flush()
     if chunk or errors or progress is not None:
         flush()
+    analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
     return result
 
 
