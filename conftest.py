@@ -20,7 +20,11 @@ def _make_user(username: str, *, group: str | None = None, staff: bool = False) 
     from django.contrib.auth.models import Group, User
 
     user = User.objects.create_user(
-        username=username, email=f"{username}@example.com", password=PASSWORD, is_staff=staff
+        username=username,
+        email=f"{username}@example.com",
+        password=PASSWORD,
+        is_staff=staff,
+        is_superuser=staff,  # staff accounts are superusers: they may fix any record
     )
     if group:
         user.groups.add(Group.objects.get_or_create(name=group)[0])
@@ -112,6 +116,32 @@ def require_redis() -> str:
     if not settings.REDIS_URL:
         _missing_service("Redis (REDIS_URL)")
     return settings.REDIS_URL
+
+
+_DB_FIXTURES = {"db", "transactional_db", "live_server", "_django_db_helper"}
+
+
+@pytest.fixture(autouse=True)
+def _default_rows(request) -> None:
+    """Bring back the rows data migrations create (role groups, default RFM segments, the
+    engagement model) when a transactional test before this one flushed them away."""
+    if not (
+        request.node.get_closest_marker("django_db") or _DB_FIXTURES & set(request.fixturenames)
+    ):
+        return
+    request.getfixturevalue("_django_db_helper")
+    from django.contrib.auth.models import Group
+
+    if Group.objects.filter(name="Marketers").exists():
+        return
+    from importlib import import_module
+
+    from django.apps import apps
+
+    import_module("abtest.migrations.0001_initial").create_groups(apps, None)
+    import_module("segmentation.migrations.0002_postgres_indexes_and_defaults").load_defaults(
+        apps, None
+    )
 
 
 @pytest.fixture(autouse=True)

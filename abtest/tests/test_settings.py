@@ -14,7 +14,14 @@ from abtest import env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables the test run itself sets (abtest/pytest_plugin.py) or that CI exports.
-SCRUBBED = {"SECRET_KEY", "DEBUG", "DATABASE_URL", "REDIS_URL", "SECURE_SSL_REDIRECT"}
+SCRUBBED = {
+    "SECRET_KEY",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECURE_SSL_REDIRECT",
+    "DJANGO_ALLOW_ASYNC_UNSAFE",  # set by the browser tests
+}
 PRODUCTION_ENV = {
     "DEBUG": "0",
     "SECRET_KEY": "x" * 20 + "a-long-random-production-key-with-entropy-1234567890",
