@@ -60,30 +60,35 @@ def chromium() -> Iterator:
 
 
 @pytest.fixture
-def page(chromium, live_server):
-    """A fresh browser context and page; failures in the page's JS fail the test."""
+def tab(chromium, live_server):
+    """A fresh browser context and page; failures in the page's JS fail the test.
+
+    Not called ``page``: pytest-playwright (installed) parametrizes every test that uses a
+    fixture of that name by browser, at session scope, which makes pytest regroup those tests
+    and run these transactional ones in the middle of the suite instead of last.
+    """
     context = chromium.new_context(base_url=live_server.url)
     context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
+    tab = context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
     context.close()
     assert not errors, f"JavaScript errors: {errors}"
 
 
 @pytest.fixture
-def login(page):
+def login(tab):
     """``login(user)``: sign in through the login form, like a person."""
     from conftest import PASSWORD
 
     def do(user) -> None:
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill(user.get_username())
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(lambda url: "/accounts/login/" not in url)
-        assert page.get_by_role("button", name="Log out").is_visible()
+        tab.goto("/accounts/login/")
+        tab.get_by_label("Username").fill(user.get_username())
+        tab.get_by_label("Password").fill(PASSWORD)
+        tab.get_by_role("button", name="Log in").click()
+        tab.wait_for_url(lambda url: "/accounts/login/" not in url)
+        assert tab.get_by_role("button", name="Log out").is_visible()
 
     return do
 
