@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet, Value
-from django.db.models.functions import Concat, Lower
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from segmentation.models import (
@@ -66,27 +66,26 @@ def _attribute_q(key: str, value: str) -> Q:
 def customer_search(*, filters: CustomerFilters, queryset: QuerySet | None = None) -> QuerySet:
     """Customers matching ``filters``, newest first (ordered by id for keyset pagination).
 
-    Search is case-insensitive and matches the start of the email, first name, last name or
-    full name, or the exact external id. On PostgreSQL the email prefix and the external id use
-    indexes; every prefix is written ``lower(column) LIKE 'term%'`` so that expression indexes
-    (``lower(first_name) text_pattern_ops``...) serve the name prefixes too once they exist.
+    Search is case-insensitive and matches the start of the email, first name or last name,
+    "first last" (the first word starts the first name, the rest the last name), or the exact
+    external id. Every branch is an index lookup on PostgreSQL (``lower(column)
+    text_pattern_ops`` indexes and the unique external id), so a search stays fast at any
+    table size, even when nothing matches.
     """
     customers = Customer.objects.all() if queryset is None else queryset
-    term = filters.search.strip()
+    term = " ".join(filters.search.split())
     if term:
         lowered = term.lower()
         q = Q(email_lower__startswith=lowered) | Q(external_id=term)
         annotations = {"email_lower": Lower("email")}
         if "@" not in term:
-            q |= (
-                Q(first_name_lower__startswith=lowered)
-                | Q(last_name_lower__startswith=lowered)
-                | Q(full_name_lower__startswith=lowered)
-            )
+            first, _, rest = lowered.partition(" ")
+            q |= Q(first_name_lower__startswith=lowered) | Q(last_name_lower__startswith=lowered)
+            if rest:
+                q |= Q(first_name_lower__startswith=first) & Q(last_name_lower__startswith=rest)
             annotations |= {
                 "first_name_lower": Lower("first_name"),
                 "last_name_lower": Lower("last_name"),
-                "full_name_lower": Lower(Concat("first_name", Value(" "), "last_name")),
             }
         customers = customers.annotate(**annotations).filter(q)
     if filters.subscription_status:

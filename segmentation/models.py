@@ -143,7 +143,8 @@ class CustomerMetrics(models.Model):
     class Meta:
         verbose_name_plural = "customer metrics"
         indexes = [
-            models.Index(fields=["r_score", "f_score"], name="metrics_rf"),
+            # RFM grid cells, and a cell's customers newest first without a sort.
+            models.Index(fields=["r_score", "f_score", "customer"], name="metrics_rf"),
         ]
 
     def __str__(self) -> str:
@@ -195,7 +196,11 @@ class SegmentMembership(models.Model):
     # No database constraints: refreshes insert members set-based by the hundred thousand, and
     # deferred constraint checks at commit would dominate. The ORM cascades deletes.
     segment = models.ForeignKey(
-        Segment, on_delete=models.CASCADE, db_constraint=False, related_name="memberships"
+        Segment,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,  # covered by (segment, joined_at)
+        related_name="memberships",
     )
     customer = models.ForeignKey(
         Customer, on_delete=models.CASCADE, db_constraint=False, related_name="memberships"
@@ -209,6 +214,15 @@ class SegmentMembership(models.Model):
                 fields=["segment", "customer"],
                 condition=Q(left_at__isnull=True),
                 name="membership_current_unique",
+            ),
+        ]
+        indexes = [
+            # Members and recent joins of a segment; recent leaves from the (small) history.
+            models.Index(fields=["segment", "joined_at"], name="membership_joined"),
+            models.Index(
+                fields=["segment", "left_at"],
+                condition=Q(left_at__isnull=False),
+                name="membership_left",
             ),
         ]
 
