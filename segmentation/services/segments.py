@@ -174,11 +174,21 @@ def _clean_name(name: str) -> str:
     return name
 
 
+#: Slugs the segment pages use as fixed addresses (``/segments/new/`` ...).
+RESERVED_SLUGS = frozenset({"new", "rfm", "preview", "refresh"})
+
+
 def _clean_slug(slug: str) -> str:
     slug = (slug or "").strip()
     if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
         raise ServiceError(
             "A slug is lowercase letters, digits and hyphens.", field="slug", code="invalid"
+        )
+    if slug in RESERVED_SLUGS:
+        raise ServiceError(
+            f"{slug!r} is reserved for a page address; choose another slug.",
+            field="slug",
+            code="reserved",
         )
     return slug
 
@@ -186,6 +196,7 @@ def _clean_slug(slug: str) -> str:
 def _unique_slug(name: str) -> str:
     base = (slugify(name) or "segment")[: SLUG_MAX_LENGTH - 8].strip("-") or "segment"
     taken = set(Segment.objects.filter(slug__startswith=base).values_list("slug", flat=True))
+    taken |= RESERVED_SLUGS
     if base not in taken:
         return base
     n = 2

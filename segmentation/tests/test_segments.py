@@ -495,3 +495,10 @@ def test_csv_round_trip_reports_unknown_identifiers(people):
     static = segment_create(name="Hand", kind="static")
     parsed = static_segment_parse_csv("email\nalice.smith@example.com\nghost@example.com\n")
     assert static_segment_add(segment=static, **parsed.as_kwargs()) == (1, ["ghost@example.com"])
+
+
+def test_slugs_that_are_page_addresses_are_reserved(db):
+    assert segment_create(name="New", kind="static").slug == "new-2"
+    assert segment_create(name="RFM", kind="static").slug == "rfm-2"
+    with pytest.raises(ServiceError, match="reserved"):
+        segment_create(name="Preview list", slug="preview", kind="static")
