@@ -7,7 +7,7 @@ adds generated names, emails, attributes, browsing sessions and example segments
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.metadata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +22,7 @@ from segmentation.services.customers import customers_upsert
 from segmentation.services.events import events_ingest
 from segmentation.services.validation import CustomerRow, EventRow, clean_customer
 
+CDNOW_FILE = "lifetimes/datasets/CDNOW_master.txt"
 CDNOW_AS_OF = datetime(1998, 7, 1, tzinfo=UTC)
 CDNOW_SOURCE = "cdnow"
 DEMO_SOURCE = "demo"
@@ -39,8 +40,10 @@ class CdnowLine:
 
 def cdnow_lines() -> Iterator[CdnowLine]:
     """Every purchase line of ``datasets/CDNOW_master.txt`` from the lifetimes package."""
-    resource = importlib.resources.files("lifetimes") / "datasets" / "CDNOW_master.txt"
-    with resource.open("r", encoding="ascii") as handle:
+    # Located through the installed distribution's file list: importing the lifetimes package
+    # itself would drag in its modelling code (and pandas deprecation warnings).
+    path = importlib.metadata.distribution("lifetimes").locate_file(CDNOW_FILE)
+    with open(path, encoding="ascii") as handle:
         for number, text in enumerate(handle, start=1):
             parts = text.split()
             if not parts or parts[0] == "customer_id":
