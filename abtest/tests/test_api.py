@@ -57,3 +57,11 @@ def test_throttling_is_configured_for_users_and_anonymous_clients(settings):
     rates = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
     assert set(rates) == {"anon", "user"}
     assert APIView.throttle_classes, "every API view is throttled by default"
+
+
+def test_the_openapi_schema_is_valid_and_warning_free(tmp_path):
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    assert "/api/v1/segments/preview/" in target.read_text()

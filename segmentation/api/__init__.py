@@ -1,0 +1,1 @@
+"""The segmentation API, by topic: customers, events, segments."""
