@@ -59,10 +59,10 @@ fixtures: $(VENV)/.dev
 
 ## docs: build the MkDocs site strictly (warnings are errors)
 docs: $(VENV)/.dev
-	$(BIN)/mkdocs build --strict --site-dir var/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir var/site
 
 docs-serve: $(VENV)/.dev
-	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 migrate: $(VENV)/.runtime
 	$(BIN)/python manage.py migrate --noinput
