@@ -1,3 +1,4 @@
+import os
 import secrets
 
 from django.contrib.auth import get_user_model
@@ -21,9 +22,10 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email=email, password=password)
+        port = os.environ.get("PORT", "8000")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Created staff user {username!r} with password: {password}\n"
-                "Log in at http://127.0.0.1:8000/accounts/login/ (the admin is at /admin/)."
+                f"Log in at http://127.0.0.1:{port}/accounts/login/ (the admin is at /admin/)."
             )
         )
