@@ -92,6 +92,8 @@ class Server:
             ALLOWED_HOSTS="127.0.0.1",
             API_THROTTLE_USER="100000000/minute",
             SECURE_SSL_REDIRECT="0",
+            # whitenoise warns once per worker that collectstatic has not run: not our concern
+            PYTHONWARNINGS="ignore:No directory at",
         )
         self.proc = subprocess.Popen(
             [
