@@ -16,7 +16,7 @@ RUN pip install -r requirements.txt
 COPY --chown=app:app . .
 # Static files are collected at build time (WhiteNoise serves them); the key is build-only.
 RUN SECRET_KEY=collectstatic-build-only python manage.py collectstatic --noinput \
-    && mkdir -p var && chown -R app:app var
+    && mkdir -p var/media && chown -R app:app var
 
 USER app
 EXPOSE 8000

@@ -56,6 +56,12 @@ def test_compose_sets_only_variables_the_settings_read(compose):
         assert not unknown, f"{name} sets variables the settings never read: {unknown}"
 
 
+def test_web_and_worker_share_uploaded_files(compose):
+    for name in ("web", "worker"):
+        assert "media:/app/var/media" in compose["services"][name]["volumes"], name
+    assert "media" in compose["volumes"]
+
+
 def test_compose_mails_go_to_mailpit(compose):
     environment = _environment(compose["services"]["web"])
     assert environment["EMAIL_HOST"] == "mailpit"
