@@ -224,6 +224,12 @@ class _Dialect:
         else:
             cursor.execute(f"CREATE TEMP TABLE {name} AS {select}", list(params))
 
+    def analyze_temp_table(self, cursor, name: str) -> None:
+        """PostgreSQL keeps no statistics on temporary tables unless asked: without them, the
+        joins of the engagement step hash the wrong sides (measured: 30% slower at 1M)."""
+        if self.postgres:
+            cursor.execute(f"ANALYZE {self.temp}.{name}")
+
     def drop_temp_table(self, cursor, name: str) -> None:
         cursor.execute(f"DROP TABLE IF EXISTS {self.temp}.{name}")
 
@@ -379,6 +385,8 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
     """
     # N is a parameter rather than count(*) OVER (), which would buffer every row again.
     d.create_temp_table(cursor, "metrics_scores", select, [*segment_params, n, n, n])
+    for name in ("metrics_agg", "metrics_counts", "metrics_scores"):
+        d.analyze_temp_table(cursor, name)
     return n
 
 
@@ -460,9 +468,8 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
     """
     table = CustomerMetrics._meta.db_table
     stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
-    if d.postgres:
-        # Statistics for the planner: usually a few rows (index lookups), sometimes all.
-        cursor.execute(f"ANALYZE {d.temp}.metrics_new")
+    # Usually a few rows (index lookups), sometimes all of them (one hash join).
+    d.analyze_temp_table(cursor, "metrics_new")
     assignments = ", ".join(f"{column} = n.{column}" for column in _WRITTEN_COLUMNS)
     cursor.execute(
         f"""
