@@ -23,6 +23,8 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.urls import reverse
 
+from abtest.models import TrackedJob
+
 
 class SubscriptionStatus(models.TextChoices):
     SUBSCRIBED = "subscribed", "Subscribed"
@@ -279,26 +281,18 @@ class EngagementModel(models.Model):
         return self.name
 
 
-class JobStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
 class ImportKind(models.TextChoices):
     CUSTOMERS = "customers", "Customers"
     EVENTS = "events", "Events"
 
 
-class ImportJob(models.Model):
+class ImportJob(TrackedJob):
     """A CSV import: uploaded through the page (run by a task) or by a management command."""
 
     kind = models.CharField(max_length=16, choices=ImportKind.choices)
     file = models.FileField(upload_to="imports/%Y/%m/", blank=True)
     filename = models.CharField(max_length=255, blank=True, default="")
     options = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
     total_rows = models.PositiveIntegerField(null=True, blank=True)
     processed_rows = models.PositiveIntegerField(default=0)
     created = models.PositiveIntegerField(default=0)
@@ -308,65 +302,26 @@ class ImportJob(models.Model):
     errors = models.JSONField(
         default=list, blank=True, help_text="The first rejected rows: line, column, reason."
     )
-    message = models.TextField(blank=True, default="")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} import #{self.pk} ({self.status})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}
-
-    @property
-    def percent(self) -> int:
-        if self.is_finished:
-            return 100
-        if not self.total_rows:
-            return 0
-        return min(99, int(100 * self.processed_rows / self.total_rows))
+    def progress(self) -> tuple[int, int | None]:
+        return self.processed_rows, self.total_rows
 
 
-class RefreshRun(models.Model):
+class RefreshRun(TrackedJob):
     """One run of the metrics, RFM, tier and segment refresh pipeline."""
 
-    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
     as_of = models.DateTimeField()
     trigger = models.CharField(max_length=20, default="manual")  # manual, schedule, command, api
     step = models.CharField(max_length=100, blank=True, default="")
     steps_done = models.PositiveSmallIntegerField(default=0)
     steps_total = models.PositiveSmallIntegerField(default=0, validators=[MinValueValidator(0)])
     timings = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
-    message = models.TextField(blank=True, default="")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"refresh #{self.pk} ({self.status})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}
-
-    @property
-    def percent(self) -> int:
-        if self.is_finished:
-            return 100
-        if not self.steps_total:
-            return 0
-        return min(99, int(100 * self.steps_done / self.steps_total))
+    def progress(self) -> tuple[int, int | None]:
+        return self.steps_done, self.steps_total

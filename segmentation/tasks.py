@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from segmentation.models import ImportJob, JobStatus, RefreshRun
+from abtest.models import JobStatus
+from segmentation.models import ImportJob, RefreshRun
 
 
 @shared_task(acks_late=True)

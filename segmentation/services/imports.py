@@ -26,7 +26,8 @@ import msgspec
 from django.utils import timezone
 
 from abtest.errors import ServiceError
-from segmentation.models import ImportJob, ImportKind, JobStatus
+from abtest.models import JobStatus
+from segmentation.models import ImportJob, ImportKind
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
 from segmentation.services.events import IngestResult, events_ingest

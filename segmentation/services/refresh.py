@@ -17,7 +17,8 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import sql
 from django.utils import timezone
 
-from segmentation.models import JobStatus, RefreshRun, Segment
+from abtest.models import JobStatus
+from segmentation.models import RefreshRun, Segment
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.metrics import METRIC_FAMILIES, metrics_recompute
 from segmentation.services.segments import segments_refresh_all

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from segmentation.models import JobStatus, RefreshRun, Segment
+from abtest.models import JobStatus
+from segmentation.models import RefreshRun, Segment
 from segmentation.tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db

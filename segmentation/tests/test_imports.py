@@ -9,7 +9,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 
-from segmentation.models import Customer, Event, ImportJob, JobStatus
+from abtest.models import JobStatus
+from segmentation.models import Customer, Event, ImportJob
 from segmentation.services.imports import CsvError, csv_import, import_job_create, import_job_run
 from segmentation.tests.factories import CustomerFactory
 

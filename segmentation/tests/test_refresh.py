@@ -10,7 +10,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from segmentation.models import CustomerMetrics, JobStatus, RefreshRun, Segment
+from abtest.models import JobStatus
+from segmentation.models import CustomerMetrics, RefreshRun, Segment
 from segmentation.services import refresh
 from segmentation.services.metrics import METRIC_FAMILIES
 from segmentation.services.segments import segment_create

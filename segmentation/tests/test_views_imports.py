@@ -10,7 +10,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from segmentation.models import Customer, ImportJob, JobStatus
+from abtest.models import JobStatus
+from segmentation.models import Customer, ImportJob
 from segmentation.services.imports import import_job_run
 
 pytestmark = pytest.mark.django_db

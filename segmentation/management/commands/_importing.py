@@ -10,7 +10,8 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from abtest.errors import ServiceError
-from segmentation.models import ImportJob, JobStatus
+from abtest.models import JobStatus
+from segmentation.models import ImportJob
 from segmentation.services.imports import MAX_KEPT_ERRORS, ImportResult, csv_import, csv_open
 
 

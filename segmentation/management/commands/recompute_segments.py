@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from segmentation.models import JobStatus
+from abtest.models import JobStatus
 from segmentation.services.refresh import refresh_now
 
 
