@@ -25,6 +25,7 @@ from segmentation.customer_selectors import CustomerFilters, customer_search
 from segmentation.models import Customer, Segment, SubscriptionStatus
 from segmentation.services import customers as customer_services
 from segmentation.services.validation import (
+    CUSTOMER_FIELDS,
     RowInvalid,
     clean_customer,
     clean_email,
@@ -90,13 +91,7 @@ class CustomerSerializer(serializers.ModelSerializer):
         model = Customer
         fields = [
             "external_id",
-            "email",
-            "first_name",
-            "last_name",
-            "locale",
-            "time_zone",
-            "subscription_status",
-            "attributes",
+            *CUSTOMER_FIELDS,
             "created_at",
             "updated_at",
             "metrics",

@@ -489,7 +489,7 @@ def static_segment_add(
     emails: Iterable[str] | None = None,
     now: dt.datetime | None = None,
 ) -> StaticChange:
-    """Add customers by id, external id or email (case-insensitive); m members stay as
+    """Add customers by id, external id or email (case-insensitive); existing members stay as
     they are. Returns ``(added, unknown identifiers)``."""
     now = now or timezone.now()
     with transaction.atomic():
