@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from abtest.errors import ServiceError
 from abtest.models import JobStatus
+from abtest.prefetch import prefetched
 from segmentation.models import ImportJob, ImportKind
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
@@ -305,30 +306,44 @@ def csv_import(
     csv_file = csv_open(source, kind=kind)
     result = ImportResult(kind=kind, max_kept_errors=max_kept_errors)
     is_customers = kind == ImportKind.CUSTOMERS
-    has_event_id = any(name == "event_id" for what, name in csv_file.columns if what == "field")
-    chunk: list = []
-    errors: list[RowError] = []
-
-    def flush() -> None:
+    # Parsing (pure Python) runs a chunk ahead in a thread while the database applies the last.
+    for parsed in prefetched(_parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)):
+        result.rows += parsed.rows
         if is_customers:
-            applied: UpsertResult = customers_upsert(rows=chunk)
+            applied: UpsertResult = customers_upsert(rows=parsed.chunk)
             result.created += applied.created
             result.updated += applied.updated
             result.unchanged += applied.unchanged
-            batch_errors = errors + applied.rejected
+            batch_errors = parsed.errors + applied.rejected
         else:
-            ingested: IngestResult = events_ingest(rows=chunk, create_customers=create_customers)
+            ingested: IngestResult = events_ingest(
+                rows=parsed.chunk, create_customers=create_customers
+            )
             result.created += ingested.accepted
             result.duplicates += ingested.duplicates
-            batch_errors = errors + ingested.rejected
+            batch_errors = parsed.errors + ingested.rejected
         result.keep(sorted(batch_errors, key=lambda e: e.row))
         if progress is not None:
             progress(result.rows, result)
-        chunk.clear()
-        errors.clear()
+    analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
+    return result
 
+
+@dataclass
+class _ParsedChunk:
+    rows: int  # rows read, good and bad
+    chunk: list  # (line, validated row)
+    errors: list[RowError]
+
+
+def _parsed_chunks(csv_file: CsvFile, *, kind: str, chunk_rows: int) -> Iterator[_ParsedChunk]:
+    """Validated rows in chunks of ``chunk_rows`` (bad rows count towards a chunk). Always
+    yields at least one chunk, so progress is reported even for a file without rows."""
+    is_customers = kind == ImportKind.CUSTOMERS
+    has_event_id = any(name == "event_id" for what, name in csv_file.columns if what == "field")
+    parsed = _ParsedChunk(0, [], [])
     for line, values in csv_file.rows:
-        result.rows += 1
+        parsed.rows += 1
         try:
             if is_customers:
                 row = clean_customer(
@@ -339,15 +354,16 @@ def csv_import(
                 if not has_event_id:
                     fields["event_id"] = f"csv:{csv_file.digest}:{line}"
                 row = clean_event(fields)
-            chunk.append((line, row))
+            parsed.chunk.append((line, row))
         except RowInvalid as error:
-            errors.append(RowError(line, _header_for(csv_file, error.column, kind), error.reason))
-        if len(chunk) + len(errors) >= chunk_rows:
-            flush()
-    if chunk or errors or progress is not None:
-        flush()
-    analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
-    return result
+            parsed.errors.append(
+                RowError(line, _header_for(csv_file, error.column, kind), error.reason)
+            )
+        if parsed.rows >= chunk_rows:
+            yield parsed
+            parsed = _ParsedChunk(0, [], [])
+    if parsed.rows or not csv_file.total_rows:
+        yield parsed
 
 
 def _header_for(csv_file: CsvFile, column: str | None, kind: str) -> str | None:

@@ -49,6 +49,44 @@ def test_reimporting_the_same_customer_file_changes_nothing():
     assert dict(Customer.objects.values_list("external_id", "updated_at")) == stamps
 
 
+def test_import_in_chunks_reports_progress_and_every_bad_line():
+    lines = ["external_id,email"]
+    for i in range(1, 24):
+        lines.append(f"k{i},k{i}@example.com" if i % 5 else f"k{i},not-an-email")
+    calls = []
+    result = csv_import(
+        ("\n".join(lines) + "\n").encode(),
+        kind="customers",
+        chunk_rows=4,
+        progress=lambda rows, partial: calls.append((rows, partial.created, partial.rejected)),
+    )
+    assert (result.rows, result.created, result.rejected) == (23, 19, 4)
+    assert [e.row for e in result.errors] == [6, 11, 16, 21]  # the file's own line numbers
+    assert [rows for rows, _, _ in calls] == [4, 8, 12, 16, 20, 23]
+    assert calls[-1] == (23, 19, 4)
+    assert Customer.objects.count() == 19
+
+
+def test_a_failing_chunk_stops_the_import_and_keeps_earlier_chunks(monkeypatch):
+    from segmentation.services import imports
+
+    applied = []
+    real = imports.customers_upsert
+
+    def upsert(*, rows):
+        if applied:
+            raise RuntimeError("database went away")
+        applied.append(len(rows))
+        return real(rows=rows)
+
+    monkeypatch.setattr(imports, "customers_upsert", upsert)
+    text = "external_id\n" + "".join(f"z{i}\n" for i in range(10))
+    with pytest.raises(RuntimeError, match="database went away"):
+        csv_import(text.encode(), kind="customers", chunk_rows=3)
+    assert applied == [3]
+    assert Customer.objects.count() == 3
+
+
 @pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
 def test_delimiter_is_sniffed_and_a_bom_is_fine(delimiter, bom):

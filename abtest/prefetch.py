@@ -1,0 +1,66 @@
+"""Overlap CPU work with database work: produce the next items while the current one is written.
+
+``prefetched(iterable)`` runs ``iterable`` in a background thread, up to ``depth`` items ahead
+of the consumer. Parsing a CSV chunk is pure Python (it holds the GIL); writing the previous
+chunk mostly waits on PostgreSQL (psycopg releases the GIL while it waits), so the two run side
+by side on two cores. The producer must not touch the database: Django connections belong to
+the thread that opened them, and the consumer's transaction is the one that counts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+_POLL_SECONDS = 0.1
+
+
+def prefetched(iterable: Iterable[T], *, depth: int = 1) -> Iterator[T]:
+    """Yield the items of ``iterable``, computed in a background thread ``depth`` items ahead.
+
+    An exception in the producer is raised in the consumer, at the item where it happened.
+    When the consumer stops early (an exception, a ``break``), the producer is told to stop
+    and joined before this generator closes.
+    """
+    if depth < 1:
+        raise ValueError("depth must be at least 1")
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+        except BaseException as error:  # handed to the consumer and raised there
+            put((_END, error))
+            return
+        put((_END, None))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,66 @@
+import threading
+
+import pytest
+
+from abtest.prefetch import prefetched
+
+
+def test_yields_every_item_in_order():
+    assert list(prefetched(iter(range(1000)), depth=3)) == list(range(1000))
+
+
+def test_empty_iterable():
+    assert list(prefetched([])) == []
+
+
+def test_items_are_produced_in_another_thread():
+    threads = []
+
+    def produce():
+        for i in range(3):
+            threads.append(threading.current_thread())
+            yield i
+
+    assert list(prefetched(produce())) == [0, 1, 2]
+    assert all(t is not threading.current_thread() for t in threads)
+
+
+def test_producer_error_is_raised_in_the_consumer_after_earlier_items():
+    def produce():
+        yield 1
+        yield 2
+        raise ValueError("line 3 is broken")
+
+    seen = []
+    with pytest.raises(ValueError, match="line 3 is broken"):
+        for item in prefetched(produce()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_consumer_stopping_early_stops_and_joins_the_producer():
+    produced = []
+    finished = threading.Event()
+
+    def produce():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:
+            finished.set()
+
+    items = prefetched(produce(), depth=1)
+    with pytest.raises(RuntimeError):
+        for item in items:
+            if item == 2:
+                raise RuntimeError("the database said no")
+    items.close()
+    assert finished.wait(5)
+    # At most the item in hand, the queued one and the one being put were produced.
+    assert len(produced) <= 6
+
+
+def test_depth_must_be_positive():
+    with pytest.raises(ValueError):
+        list(prefetched([1], depth=0))
