@@ -10,8 +10,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
+from django.db import OperationalError, transaction
 from django.db.models import QuerySet
 
+from abtest.db import is_statement_timeout, postgres_local_settings
+from abtest.errors import ServiceError
 from segmentation.models import (
     Customer,
     CustomerMetrics,
@@ -39,25 +43,61 @@ class SegmentPreview:
     sample: list[PreviewCustomer]
 
 
+#: A live preview may take this long before it is cancelled (a marketer is waiting for it).
+PREVIEW_TIMEOUT_SECONDS = 15
+#: Memory for the preview's hashed subqueries (event windows inside "any" groups): with the
+#: default 4MB they do not fit, and PostgreSQL rescans the events once per customer.
+PREVIEW_POSTGRES_SETTINGS = {"work_mem": "128MB"}
+
+
+class SegmentPreviewTooSlow(ServiceError):
+    def __init__(self) -> None:
+        super().__init__(
+            f"Counting this rule took longer than {PREVIEW_TIMEOUT_SECONDS} seconds and was "
+            "stopped. Narrow the event windows or split the rule; saved segments are still "
+            "refreshed in the background.",
+            field="rule",
+            code="preview_timeout",
+        )
+
+
 def segment_preview(
     *, rule: dict, sample_size: int = 10, now: dt.datetime | None = None
 ) -> SegmentPreview:
     """How many customers a rule matches now, and a few of them (the lowest ids).
 
     One COUNT and one LIMIT query (plus one to resolve slugs when the rule names segments;
-    none at all for a rule that can match nobody). Raises ``RuleError`` for an invalid rule.
+    none at all for a rule that can match nobody), in one transaction with enough
+    memory for hashed subqueries and a time limit. Raises ``RuleError`` for an invalid rule
+    and ``SegmentPreviewTooSlow`` when the database gives up.
     """
     matches = Customer.objects.filter(rule_compile(rule, now=now))
-    count = matches.count()
-    sample: list[PreviewCustomer] = []
-    if count and sample_size > 0:
-        rows = matches.order_by("pk").values_list(
-            "pk", "external_id", "email", "first_name", "last_name"
-        )[:sample_size]
-        sample = [
-            PreviewCustomer(pk, external_id, email, f"{first} {last}".strip())
-            for pk, external_id, email, first, last in rows
-        ]
+    try:
+        matches.query.sql_with_params()
+    except EmptyResultSet:  # e.g. an empty "any": nobody, and no query to run
+        return SegmentPreview(count=0, sample=[])
+    try:
+        with (
+            transaction.atomic(),
+            postgres_local_settings(
+                **PREVIEW_POSTGRES_SETTINGS,
+                statement_timeout=f"{round(PREVIEW_TIMEOUT_SECONDS * 1000)}ms",
+            ),
+        ):
+            count = matches.count()
+            sample: list[PreviewCustomer] = []
+            if count and sample_size > 0:
+                rows = matches.order_by("pk").values_list(
+                    "pk", "external_id", "email", "first_name", "last_name"
+                )[:sample_size]
+                sample = [
+                    PreviewCustomer(pk, external_id, email, f"{first} {last}".strip())
+                    for pk, external_id, email, first, last in rows
+                ]
+    except OperationalError as error:
+        if is_statement_timeout(error):
+            raise SegmentPreviewTooSlow() from None
+        raise
     return SegmentPreview(count=count, sample=sample)
 
 

@@ -524,6 +524,13 @@ def _tree_from_json(text: str, *, fallback: builder.Group) -> tuple[builder.Grou
     return builder.tree_from_rule(rule), ""
 
 
+class PreviewFailed:
+    """A preview that could not be counted (not a rule error: nothing to point at)."""
+
+    def __init__(self, message: str):
+        self.failed = message
+
+
 def _preview(tree: builder.Group, rule: dict):
     from segmentation.selectors import segment_preview
 
@@ -532,6 +539,8 @@ def _preview(tree: builder.Group, rule: dict):
         return segment_preview(rule=rule, sample_size=PREVIEW_SAMPLE), None
     except RuleError as error:
         return None, error
+    except ServiceError as error:  # too slow to count: the rule itself is fine
+        return PreviewFailed(error.message), None
 
 
 def _save(request: HttpRequest, *, segment: Segment | None, details, rule: dict):

@@ -116,6 +116,21 @@ def test_preview_counts_and_samples_without_saving(api_client_for, marketer, peo
     assert Segment.objects.filter(kind="rule").count() == 0
 
 
+def test_a_preview_too_slow_to_count_is_a_400_naming_the_rule(
+    api_client_for, marketer, people, monkeypatch
+):
+    from segmentation.api import segments as api
+    from segmentation.selectors import SegmentPreviewTooSlow
+
+    def too_slow(**kwargs):
+        raise SegmentPreviewTooSlow()
+
+    monkeypatch.setattr(api, "segment_preview", too_slow)
+    response = api_client_for(marketer).post("/api/v1/segments/preview/", {"rule": RULE})
+    assert response.status_code == 400
+    assert "took longer than 15 seconds" in response.json()["rule"][0]
+
+
 def test_refresh_runs_can_be_started_and_followed(api_client_for, marketer, integrator, people):
     client = api_client_for(marketer)
     response = client.post("/api/v1/refreshes/")

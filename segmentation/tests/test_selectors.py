@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import json
+import re
+from contextlib import contextmanager
 
 import pytest
+from django.db import connection
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
+from django.test.utils import CaptureQueriesContext
 
-from segmentation.models import EngagementModel, Segment, SegmentMembership
+from segmentation.models import Customer, EngagementModel, Segment, SegmentMembership
 from segmentation.rules import RuleError
 from segmentation.selectors import (
     PreviewCustomer,
     SegmentPreview,
+    SegmentPreviewTooSlow,
     rule_builder_catalogue,
     segment_members,
     segment_memberships,
@@ -53,9 +60,28 @@ RULES = [
 ]
 
 
-def test_preview_counts_and_samples_the_lowest_ids(people, django_assert_num_queries):
+@pytest.fixture
+def data_queries():
+    """Like django_assert_num_queries, counting only the queries that read data (not the
+    preview transaction's savepoints and SET LOCAL)."""
+
+    @contextmanager
+    def expect(n: int):
+        with CaptureQueriesContext(connection) as captured:
+            yield
+        reads = [
+            q["sql"]
+            for q in captured.captured_queries
+            if not re.match(r"\s*(SAVEPOINT|RELEASE SAVEPOINT|SELECT current_setting)", q["sql"])
+        ]
+        assert len(reads) == n, reads
+
+    return expect
+
+
+def test_preview_counts_and_samples_the_lowest_ids(people, data_queries):
     rule = {"all": [{"field": "email", "op": "is_set"}]}
-    with django_assert_num_queries(2):
+    with data_queries(2):
         preview = segment_preview(rule=rule, sample_size=2, now=NOW)
     alice, carol = people["alice"], people["carol"]
     assert preview == SegmentPreview(
@@ -67,19 +93,63 @@ def test_preview_counts_and_samples_the_lowest_ids(people, django_assert_num_que
     )
 
 
-def test_preview_of_a_rule_matching_nobody_runs_no_query(people, django_assert_num_queries):
+def test_preview_of_a_rule_matching_nobody_runs_no_query(
+    people, django_assert_num_queries, data_queries
+):
     with django_assert_num_queries(0):
         assert segment_preview(rule={"any": []}) == SegmentPreview(count=0, sample=[])
-    with django_assert_num_queries(1):
+    with data_queries(1):
         preview = segment_preview(
             rule={"all": [{"field": "external_id", "op": "eq", "value": "x"}]}
         )
     assert preview.count == 0 and preview.sample == []
 
 
-def test_preview_without_sample(people, django_assert_num_queries):
-    with django_assert_num_queries(1):
+def test_preview_without_sample(people, data_queries):
+    with data_queries(1):
         assert segment_preview(rule={"all": []}, sample_size=0).count == 4
+
+
+@pytest.mark.postgres
+def test_a_preview_that_takes_too_long_is_stopped_with_a_clear_error(
+    require_postgres, people, monkeypatch
+):
+    from segmentation import selectors
+
+    slow = Q(pk__in=RawSQL("SELECT id FROM segmentation_customer, pg_sleep(0.5)", []))
+    monkeypatch.setattr(selectors, "rule_compile", lambda rule, now=None: slow)
+    monkeypatch.setattr(selectors, "PREVIEW_TIMEOUT_SECONDS", 0.05)
+    with pytest.raises(SegmentPreviewTooSlow, match="took longer than 0.05 seconds") as caught:
+        segment_preview(rule={"all": []})
+    assert caught.value.field == "rule"
+    # The connection is usable afterwards (the failed transaction was rolled back).
+    assert Customer.objects.filter(pk=people["alice"].pk).exists()
+
+
+@pytest.mark.postgres
+def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(require_postgres, people):
+    seen = {}
+
+    def spy(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "count(" in sql.lower():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
+                )
+                seen["settings"] = cursor.fetchone()
+        return result
+
+    settings_sql = "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
+    with connection.cursor() as cursor:
+        cursor.execute(settings_sql)
+        before = cursor.fetchone()
+    with connection.execute_wrapper(spy):
+        segment_preview(rule={"all": []}, sample_size=0)
+    assert seen["settings"] == ("128MB", "15s")
+    with connection.cursor() as cursor:  # and only for the preview
+        cursor.execute(settings_sql)
+        assert cursor.fetchone() == before
 
 
 def test_preview_rejects_invalid_rules(people):

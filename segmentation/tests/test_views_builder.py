@@ -109,6 +109,18 @@ def test_preview_counts_and_samples_as_the_marketer_types(client_for, marketer, 
     assert 'data-count="1"' in html
 
 
+def test_a_preview_too_slow_to_count_says_so(client_for, marketer, buyers, monkeypatch):
+    from segmentation import selectors
+
+    def too_slow(**kwargs):
+        raise selectors.SegmentPreviewTooSlow()
+
+    monkeypatch.setattr(selectors, "segment_preview", too_slow)
+    html = client_for(marketer).post(PREVIEW, rule_form(), headers=HX).text
+    assert "took longer than 15 seconds" in html and "Not a valid rule yet" not in html
+    assert "data-count" not in html
+
+
 def test_preview_of_an_invalid_rule_shows_the_error_next_to_its_condition(
     client_for, marketer, buyers
 ):
