@@ -5,15 +5,16 @@
 
 On the shared database ``abtest_bench_loaded`` (see ``bench/_support.py``; its metrics, RFM
 segments and the benchmark's rule segments are refreshed first when they are missing or were
-computed by other code), each rule's preview count, ``Customer.objects.filter(
-rule_compile(rule, now=...)).count()`` (what ``segmentation.selectors.segment_preview`` runs
-for its count, compile included), is run once to warm up and then ``--runs`` times; we print
-the median and p95 per rule and over all runs, and name the slowest rule (by p95). The full
-``segment_preview`` (count + the 10-customer sample) is timed too, over all rules. Baseline,
+computed by other code), each rule's preview count, ``segment_preview(rule=...,
+sample_size=0)`` (what the builder page and the API run: compile + COUNT in the preview's
+transaction, with its work_mem and time limit), is run once to warm up and then
+``--runs`` times; we print the median and p95 per rule and over all runs, and name the
+slowest rule (by p95). The full ``segment_preview`` (count + the 10-customer sample) is timed
+too, over all rules. Baseline,
 same run: ``SELECT count(*) FROM segmentation_customer`` (median). Goal: p95 under 300 ms.
 
-Runaway plans are contained: a statement timeout (20 s) cancels a COUNT (reported as
-"> 20000"), and a rule whose warm-up takes over 2 s gets 3 timed runs instead of 15. The
+Runaway plans are contained: the app's own 15 s limit cancels a preview (reported as
+"> 15000"), and a rule whose warm-up takes over 2 s gets 3 timed runs instead of 15. The
 plans of the three slowest rules go to stderr (EXPLAIN ANALYZE; plain EXPLAIN if cancelled).
 """
 
@@ -50,8 +51,8 @@ from bench._support import (
 )
 
 GOAL_P95_MS = 300.0
-#: Guards against runaway plans: a preview COUNT is cancelled after this long.
-TIMEOUT_MS = 20_000.0
+#: The app cancels a preview after this long (segmentation.selectors.PREVIEW_TIMEOUT_SECONDS).
+TIMEOUT_MS = 15_000.0
 #: A rule whose warm-up takes longer than this gets only SLOW_RUNS timed runs.
 SLOW_MS = 2_000.0
 SLOW_RUNS = 3
@@ -238,11 +239,18 @@ class _Captured(Exception):
 
 def explain_to_stderr(timing: RuleTiming, now: dt.datetime) -> None:
     """The plan of a rule's preview COUNT on stderr (EXPLAIN ANALYZE unless it timed out)."""
-    from django.db import connection
+    from django.db import connection, transaction
+
+    from abtest.db import postgres_local_settings
+    from segmentation.selectors import PREVIEW_POSTGRES_SETTINGS
 
     sql, params = _count_sql(timing.rule, now)
     how = "EXPLAIN" if timing.timed_out else "EXPLAIN (ANALYZE, BUFFERS)"
-    with connection.cursor() as cursor:
+    with (
+        transaction.atomic(),
+        postgres_local_settings(**PREVIEW_POSTGRES_SETTINGS),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(f"{how} {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     try:
@@ -258,12 +266,14 @@ def measure(timing: RuleTiming, fn, runs: int) -> None:
     the rule's runs."""
     from django.db import OperationalError
 
+    from segmentation.selectors import SegmentPreviewTooSlow
+
     for index in range(runs + 1):
         started = time.perf_counter()
         try:
             value = fn()
-        except OperationalError as error:
-            if "statement timeout" not in str(error):
+        except (OperationalError, SegmentPreviewTooSlow) as error:
+            if isinstance(error, OperationalError) and "statement timeout" not in str(error):
                 raise
             timing.timed_out = True
             timing.runs.append(TIMEOUT_MS)
@@ -291,8 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
     from django.db.backends.signals import connection_created
 
-    from segmentation.models import Customer
-    from segmentation.rules import rule_compile
     from segmentation.selectors import segment_preview
 
     def guard(sender, connection, **kwargs) -> None:
@@ -313,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     timings: list[RuleTiming] = []
     for name, rule in RULES:
         timing = RuleTiming(name, rule)
+        # What the builder page and the API run: compile + COUNT in the preview's transaction
+        # (its work_mem and time limit), without the sample.
         measure(
             timing,
-            lambda rule=rule: Customer.objects.filter(rule_compile(rule, now=now)).count(),
+            lambda rule=rule: segment_preview(rule=rule, now=now, sample_size=0).count,
             args.runs,
         )
         timings.append(timing)
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             f"1M customers, 10M events; rules evaluated at {now:%Y-%m-%d %H:%M} UTC (where "
             f"the data ends). Each rule: 1 warm-up + {args.runs} runs of the preview count "
             f"(compile + COUNT; {SLOW_RUNS} runs when the warm-up took over {SLOW_MS:.0f} ms; "
-            f"statement timeout {TIMEOUT_MS / 1000:.0f} s, shown as '> limit'). Slowest rule "
+            f"the app's {TIMEOUT_MS / 1000:.0f} s limit, shown as '> limit'). Slowest rule "
             f"(p95): {slowest.name} ({slowest.show(slowest.p95)} ms). segment_preview: "
             "1 warm-up + 3 runs per rule that finishes."
         ),
