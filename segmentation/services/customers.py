@@ -95,9 +95,30 @@ def _set(column: str, default: str) -> str:
     )
 
 
-_UPSERT_SQL = f"""
-WITH m AS (
-    SELECT s.external_id, c.id AS cid,
+_MATCH_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "locale",
+    "time_zone",
+    "subscription_status",
+    "attributes",
+)
+
+# Each staged row joined once to the stored customer: the values it will have, whether that
+# changes anything, and whether it changes the email (only those need an email check, so a
+# re-import probes nothing but the external_id index).
+_MATCH_SQL = f"""
+CREATE TEMPORARY TABLE customer_match ON COMMIT DROP AS
+SELECT n.line, n.external_id, n.cid,
+       {", ".join(f"n.{c}" for c in _MATCH_COLUMNS)},
+       n.cid IS NOT NULL
+           AND ({", ".join(f"n.old_{c}" for c in _MATCH_COLUMNS)})
+               IS DISTINCT FROM ({", ".join(f"n.{c}" for c in _MATCH_COLUMNS)}) AS changed,
+       n.cid IS NOT NULL AND n.email IS NOT NULL
+           AND lower(n.email) IS DISTINCT FROM lower(n.old_email) AS email_changed
+FROM (
+    SELECT s.line, s.external_id, c.id AS cid,
         CASE WHEN s.provided & {PROVIDED_BIT["email"]} <> 0 THEN s.email ELSE c.email END
             AS email,
         {_set("first_name", "''")} AS first_name,
@@ -108,37 +129,47 @@ WITH m AS (
             AS subscription_status,
         CASE WHEN s.attributes IS NULL THEN COALESCE(c.attributes, '{{}}'::jsonb)
              ELSE jsonb_strip_nulls(COALESCE(c.attributes, '{{}}'::jsonb) || s.attributes)
-        END AS attributes
+        END AS attributes,
+        {", ".join(f"c.{c} AS old_{c}" for c in _MATCH_COLUMNS)}
     FROM customer_stage s
     LEFT JOIN segmentation_customer c ON c.external_id = s.external_id
-),
-upd AS (
-    UPDATE segmentation_customer c
-    SET email = m.email, first_name = m.first_name, last_name = m.last_name,
-        locale = m.locale, time_zone = m.time_zone,
-        subscription_status = m.subscription_status, attributes = m.attributes,
-        updated_at = %(now)s
-    FROM m
-    WHERE c.id = m.cid
-      AND (c.email, c.first_name, c.last_name, c.locale, c.time_zone,
-           c.subscription_status, c.attributes)
-          IS DISTINCT FROM
-          (m.email, m.first_name, m.last_name, m.locale, m.time_zone,
-           m.subscription_status, m.attributes)
-    RETURNING 1
-),
-ins AS (
-    INSERT INTO segmentation_customer
-        (external_id, email, first_name, last_name, locale, time_zone,
-         subscription_status, attributes, created_at, updated_at)
-    SELECT external_id, email, first_name, last_name, locale, time_zone,
-           subscription_status, attributes, %(now)s, %(now)s
-    FROM m WHERE m.cid IS NULL
-    ON CONFLICT (external_id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM m)
+) n
 """
+
+# An existing customer may not take an email another customer has (as stored before the batch).
+_TAKEN_EMAILS_SQL = """
+DELETE FROM customer_match m USING segmentation_customer c
+WHERE m.email_changed AND lower(c.email) = lower(m.email) AND c.id <> m.cid
+RETURNING m.line, m.email, c.external_id
+"""
+
+# New customers go in first, so that their emails are checked against the stored state, as
+# for existing customers. Any unique conflict (an email another customer has, an external_id
+# created meanwhile by another transaction) skips the row; the skipped rows come back.
+_INSERT_SQL = f"""
+WITH ins AS (
+    INSERT INTO segmentation_customer
+        (external_id, {", ".join(_MATCH_COLUMNS)}, created_at, updated_at)
+    SELECT external_id, {", ".join(_MATCH_COLUMNS)}, %(now)s, %(now)s
+    FROM customer_match WHERE cid IS NULL
+    ON CONFLICT DO NOTHING
+    RETURNING external_id
+)
+SELECT m.line, m.external_id, m.email FROM customer_match m
+WHERE m.cid IS NULL AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.external_id = m.external_id)
+"""
+
+_UPDATE_SQL = f"""
+UPDATE segmentation_customer c
+SET {", ".join(f"{c} = m.{c}" for c in _MATCH_COLUMNS)}, updated_at = %(now)s
+FROM customer_match m
+WHERE c.id = m.cid AND m.changed
+"""
+
+_OWNERS_SQL = """
+SELECT lower(email), external_id FROM segmentation_customer WHERE lower(email) = ANY(%s)
+"""
+
 
 # Later rows repeating an external_id (or, among the rest, an email) are rejected.
 _DUPLICATE_IDS_SQL = """
@@ -157,13 +188,6 @@ WITH d AS (
 DELETE FROM customer_stage s USING d
 WHERE s.line = d.line AND d.first <> d.line
 RETURNING s.line, s.email, d.first
-"""
-_TAKEN_EMAILS_SQL = """
-DELETE FROM customer_stage s USING segmentation_customer c
-WHERE s.email IS NOT NULL
-  AND lower(c.email) = lower(s.email)
-  AND c.external_id <> s.external_id
-RETURNING s.line, s.email, c.external_id
 """
 
 
@@ -207,17 +231,52 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
             cursor.execute(_DUPLICATE_EMAILS_SQL)
             for line, email, first in cursor.fetchall():
                 result.rejected.append(RowError(line, "email", _repeated(email, first)))
-        cursor.execute(_TAKEN_EMAILS_SQL)
-        for line, email, owner in cursor.fetchall():
-            result.rejected.append(
-                RowError(line, "email", f"{email!r} belongs to customer {owner!r}.")
-            )
-        cursor.execute(_UPSERT_SQL, {"now": timezone.now()})
-        created, updated, total = cursor.fetchone()
-    result.created, result.updated = created, updated
-    result.unchanged = total - created - updated
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
+        cursor.execute(_MATCH_SQL)
+        cursor.execute("SELECT count(*) FILTER (WHERE email_changed) FROM customer_match")
+        if cursor.fetchone()[0]:
+            cursor.execute(_TAKEN_EMAILS_SQL)
+            for line, email, owner in cursor.fetchall():
+                result.rejected.append(
+                    RowError(line, "email", f"{email!r} belongs to customer {owner!r}.")
+                )
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE cid IS NULL), count(*) FILTER (WHERE changed), "
+            "count(*) FILTER (WHERE cid IS NOT NULL AND NOT changed) FROM customer_match"
+        )
+        new, result.updated, result.unchanged = cursor.fetchone()
+        now = timezone.now()
+        cursor.execute(_INSERT_SQL, {"now": now})
+        skipped = cursor.fetchall()
+        result.created = new - len(skipped)
+        if skipped:
+            result.rejected.extend(_skipped_errors(cursor, skipped))
+        if result.updated:
+            cursor.execute(_UPDATE_SQL, {"now": now})
     result.rejected.sort(key=lambda error: error.row)
     return result
+
+
+def _skipped_errors(cursor, skipped: list[tuple[int, str, str | None]]) -> list[RowError]:
+    """Why new rows hit a unique conflict: their email belongs to someone, or another request
+    created the same external_id meanwhile."""
+    cursor.execute(_OWNERS_SQL, [[email.lower() for _, _, email in skipped if email]])
+    owners = dict(cursor.fetchall())
+    errors = []
+    for line, external_id, email in skipped:
+        owner = owners.get(email.lower()) if email else None
+        if owner is not None and owner != external_id:
+            errors.append(RowError(line, "email", f"{email!r} belongs to customer {owner!r}."))
+        else:
+            errors.append(
+                RowError(
+                    line,
+                    "external_id",
+                    f"{external_id!r} was created by another request at the same time; "
+                    "send the row again.",
+                )
+            )
+    return errors
 
 
 # --- Other databases (SQLite in development) ------------------------------------------------

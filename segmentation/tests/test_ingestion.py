@@ -89,6 +89,47 @@ def test_an_email_owned_by_another_customer_is_rejected_case_insensitively():
     assert not Customer.objects.filter(external_id="b").exists()
 
 
+def test_customers_swapping_emails_in_one_batch_are_both_rejected():
+    upsert({"external_id": "a", "email": "a@example.com"}, {"external_id": "b", "email": "b@x.io"})
+    result = upsert(
+        {"external_id": "a", "email": "b@x.io"}, {"external_id": "b", "email": "a@example.com"}
+    )
+    assert (result.created, result.updated, result.unchanged) == (0, 0, 0)
+    assert [(e.row, e.column) for e in result.rejected] == [(0, "email"), (1, "email")]
+    assert "belongs to customer 'b'" in result.rejected[0].reason
+    assert dict(Customer.objects.values_list("external_id", "email")) == {
+        "a": "a@example.com",
+        "b": "b@x.io",
+    }
+
+
+def test_emails_are_checked_against_the_customers_as_they_were_before_the_batch():
+    upsert({"external_id": "a", "email": "old@example.com"})
+    result = upsert(
+        {"external_id": "a", "email": "new@example.com"},
+        {"external_id": "n", "email": "OLD@example.com"},
+        {"external_id": "m", "email": "m@example.com"},
+    )
+    assert (result.created, result.updated) == (1, 1)
+    assert [(e.row, e.column) for e in result.rejected] == [(1, "email")]
+    assert "belongs to customer 'a'" in result.rejected[0].reason
+    assert Customer.objects.get(external_id="a").email == "new@example.com"
+    assert set(Customer.objects.values_list("external_id", flat=True)) == {"a", "m"}
+
+
+def test_a_batch_counts_created_updated_and_unchanged_rows():
+    upsert({"external_id": "a", "first_name": "Ann"}, {"external_id": "b", "first_name": "Bo"})
+    stamp = Customer.objects.get(external_id="b").updated_at
+    result = upsert(
+        {"external_id": "a", "first_name": "Anne"},
+        {"external_id": "b", "first_name": "Bo"},
+        {"external_id": "c"},
+    )
+    assert (result.created, result.updated, result.unchanged, result.rejected) == (1, 1, 1, [])
+    assert Customer.objects.get(external_id="a").first_name == "Anne"
+    assert Customer.objects.get(external_id="b").updated_at == stamp
+
+
 @pytest.mark.parametrize(
     ("row", "column"),
     [
