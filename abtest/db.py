@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import OperationalError, connection
+from django.db import DatabaseError, connection
 
 
 def _set_local(cursor, settings: dict[str, str]) -> list[str]:
@@ -37,6 +37,6 @@ def postgres_local_settings(**settings: str) -> Iterator[None]:
         _set_local(cursor, dict(zip(settings, previous, strict=True)))
 
 
-def is_statement_timeout(error: OperationalError) -> bool:
+def is_statement_timeout(error: DatabaseError) -> bool:
     """Whether PostgreSQL cancelled the statement (``statement_timeout``, SQLSTATE 57014)."""
     return getattr(error.__cause__, "sqlstate", None) == "57014"

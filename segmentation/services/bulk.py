@@ -24,6 +24,14 @@ def json_text(value: Any) -> str:
     return _json_encoder.encode(value).decode()
 
 
+#: For statements that join a staged batch to a large table by its index (staged external ids
+#: to customers). Temporary tables have no statistics, and for a batch of 10,000-50,000 rows
+#: the planner prefers hashing the whole large table once per batch over probing its index:
+#: measured at 1M customers, 1.1 s instead of 0.3 s per 50,000 rows, and it grows with the
+#: table. Only for statements whose joins all have an index on the large side.
+INDEX_PROBE_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
 def stage(cursor: Any, *, table: str, columns: Sequence[tuple[str, str]], rows: Iterable) -> None:
     """Create temporary ``table`` (dropped at commit) and ``COPY`` ``rows`` into it.
 

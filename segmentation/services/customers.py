@@ -24,6 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from abtest.db import postgres_local_settings
 from abtest.errors import ServiceError
 from segmentation.models import Customer, SubscriptionStatus
 from segmentation.services import bulk
@@ -232,7 +233,8 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
             for line, email, first in cursor.fetchall():
                 result.rejected.append(RowError(line, "email", _repeated(email, first)))
         cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
-        cursor.execute(_MATCH_SQL)
+        with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
+            cursor.execute(_MATCH_SQL)
         cursor.execute("SELECT count(*) FILTER (WHERE email_changed) FROM customer_match")
         if cursor.fetchone()[0]:
             cursor.execute(_TAKEN_EMAILS_SQL)

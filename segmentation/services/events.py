@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.utils import timezone
 
+from abtest.db import postgres_local_settings
 from segmentation.models import Customer, Event, SubscriptionStatus
 from segmentation.services import bulk
 from segmentation.services.validation import EventRow, RowError
@@ -114,14 +115,15 @@ def _ingest_postgres(rows: Sequence[tuple[int, EventRow]], create_customers: boo
                 {"status": SubscriptionStatus.SUBSCRIBED.value, "now": timezone.now()},
             )
             result.customers_created = cursor.rowcount
-        else:
-            cursor.execute(_UNKNOWN_CUSTOMERS_SQL)
-            for line, external_id in cursor.fetchall():
-                result.rejected.append(
-                    RowError(line, "customer", f"No customer has external_id {external_id!r}.")
-                )
-        cursor.execute(_INSERT_SQL)
-        result.accepted = cursor.rowcount
+        with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
+            if not create_customers:
+                cursor.execute(_UNKNOWN_CUSTOMERS_SQL)
+                for line, external_id in cursor.fetchall():
+                    result.rejected.append(
+                        RowError(line, "customer", f"No customer has external_id {external_id!r}.")
+                    )
+            cursor.execute(_INSERT_SQL)
+            result.accepted = cursor.rowcount
     result.duplicates = len(rows) - len(result.rejected) - result.accepted
     result.rejected.sort(key=lambda error: error.row)
     return result
