@@ -145,9 +145,18 @@ RETURNING m.line, m.email, c.external_id
 """
 
 # New customers go in first, so that their emails are checked against the stored state, as
-# for existing customers. Any unique conflict (an email another customer has, an external_id
-# created meanwhile by another transaction) skips the row; the skipped rows come back.
+# for existing customers. A plain INSERT first: ON CONFLICT's speculative insertion costs
+# about 40% more (11 s per 1M rows here) and conflicts are rare.
 _INSERT_SQL = f"""
+INSERT INTO segmentation_customer
+    (external_id, {", ".join(_MATCH_COLUMNS)}, created_at, updated_at)
+SELECT external_id, {", ".join(_MATCH_COLUMNS)}, %(now)s, %(now)s
+FROM customer_match WHERE cid IS NULL
+"""
+
+# When the plain INSERT hits a unique conflict (an email another customer has, an external_id
+# created meanwhile by another transaction), this one skips those rows and returns them.
+_INSERT_SKIPPING_SQL = f"""
 WITH ins AS (
     INSERT INTO segmentation_customer
         (external_id, {", ".join(_MATCH_COLUMNS)}, created_at, updated_at)
@@ -248,8 +257,13 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
         )
         new, result.updated, result.unchanged = cursor.fetchone()
         now = timezone.now()
-        cursor.execute(_INSERT_SQL, {"now": now})
-        skipped = cursor.fetchall()
+        try:
+            with transaction.atomic():
+                cursor.execute(_INSERT_SQL, {"now": now})
+            skipped = []
+        except IntegrityError:
+            cursor.execute(_INSERT_SKIPPING_SQL, {"now": now})
+            skipped = cursor.fetchall()
         result.created = new - len(skipped)
         if skipped:
             result.rejected.extend(_skipped_errors(cursor, skipped))
