@@ -73,18 +73,27 @@ SELECT DISTINCT s.external_id, NULL, '', '', '', '', %(status)s, '{}'::jsonb, %(
 FROM event_stage s
 ON CONFLICT (external_id) DO NOTHING
 """
-_UNKNOWN_CUSTOMERS_SQL = """
-DELETE FROM event_stage s
-WHERE NOT EXISTS (SELECT 1 FROM segmentation_customer c WHERE c.external_id = s.external_id)
-RETURNING s.line, s.external_id
-"""
+# One probe of the customers' index per staged event: the known ones are inserted (a repeated
+# (source, event_id) is skipped), the unknown ones come back as arrays of lines and ids.
 _INSERT_SQL = """
-INSERT INTO segmentation_event
-    (customer_id, type, occurred_at, value, properties, source, event_id)
-SELECT c.id, s.type, s.occurred_at, s.value, s.properties, s.source, s.event_id
-FROM event_stage s
-JOIN segmentation_customer c ON c.external_id = s.external_id
-ON CONFLICT (source, event_id) DO NOTHING
+WITH m AS MATERIALIZED (
+    SELECT s.line, s.external_id, c.id AS customer_id, s.type, s.occurred_at, s.value,
+           s.properties, s.source, s.event_id
+    FROM event_stage s
+    LEFT JOIN segmentation_customer c ON c.external_id = s.external_id
+),
+ins AS (
+    INSERT INTO segmentation_event
+        (customer_id, type, occurred_at, value, properties, source, event_id)
+    SELECT customer_id, type, occurred_at, value, properties, source, event_id
+    FROM m WHERE customer_id IS NOT NULL
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins),
+       coalesce(array_agg(line ORDER BY line), '{}'),
+       coalesce(array_agg(external_id ORDER BY line), '{}')
+FROM m WHERE customer_id IS NULL
 """
 
 
@@ -116,14 +125,12 @@ def _ingest_postgres(rows: Sequence[tuple[int, EventRow]], create_customers: boo
             )
             result.customers_created = cursor.rowcount
         with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
-            if not create_customers:
-                cursor.execute(_UNKNOWN_CUSTOMERS_SQL)
-                for line, external_id in cursor.fetchall():
-                    result.rejected.append(
-                        RowError(line, "customer", f"No customer has external_id {external_id!r}.")
-                    )
             cursor.execute(_INSERT_SQL)
-            result.accepted = cursor.rowcount
+            result.accepted, lines, unknown = cursor.fetchone()
+        for line, external_id in zip(lines, unknown, strict=True):
+            result.rejected.append(
+                RowError(line, "customer", f"No customer has external_id {external_id!r}.")
+            )
     result.duplicates = len(rows) - len(result.rejected) - result.accepted
     result.rejected.sort(key=lambda error: error.row)
     return result
