@@ -10,10 +10,8 @@ Upsert semantics (the same on every path):
 - Rejected, with a reason: an ``external_id`` repeated within the batch (later rows), an email
   used by another customer, or repeated within the batch for different customers.
 
-Repeats within a batch are found in Python on every database. On PostgreSQL the rest is
-staged with ``COPY``, joined once to the stored customers (a temporary table of the values each
-row will have), then inserted and updated set-based; elsewhere the ORM does the same with
-``bulk_create`` / ``bulk_update``.
+On PostgreSQL rows are staged with ``COPY`` and applied with one statement; elsewhere the ORM
+does the same with ``bulk_create`` / ``bulk_update``.
 """
 
 from __future__ import annotations
@@ -62,31 +60,6 @@ def _repeated(value: str, first: int) -> str:
 
 def _strip_nulls(attributes: dict) -> dict:
     return {key: value for key, value in attributes.items() if value is not None}
-
-
-def _without_repeats(
-    rows: Sequence[tuple[int, CustomerRow]], result: UpsertResult
-) -> list[tuple[int, CustomerRow]]:
-    """The rows to apply: a later row repeating an ``external_id``, then (among the rest) one
-    repeating an email (case-insensitively), is rejected in ``result``."""
-    first_by_id: dict[str, int] = {}
-    kept: list[tuple[int, CustomerRow]] = []
-    for key, row in rows:
-        first = first_by_id.setdefault(row.external_id, key)
-        if first != key:
-            result.rejected.append(RowError(key, "external_id", _repeated(row.external_id, first)))
-        else:
-            kept.append((key, row))
-    first_by_email: dict[str, int] = {}
-    unique: list[tuple[int, CustomerRow]] = []
-    for key, row in kept:
-        if row.email is not None:
-            first = first_by_email.setdefault(row.email.lower(), key)
-            if first != key:
-                result.rejected.append(RowError(key, "email", _repeated(row.email, first)))
-                continue
-        unique.append((key, row))
-    return unique
 
 
 def customers_upsert(*, rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
@@ -208,9 +181,28 @@ SELECT lower(email), external_id FROM segmentation_customer WHERE lower(email) =
 """
 
 
+# Later rows repeating an external_id (or, among the rest, an email) are rejected.
+_DUPLICATE_IDS_SQL = """
+WITH d AS (
+    SELECT line, min(line) OVER (PARTITION BY external_id) AS first FROM customer_stage
+)
+DELETE FROM customer_stage s USING d
+WHERE s.line = d.line AND d.first <> d.line
+RETURNING s.line, s.external_id, d.first
+"""
+_DUPLICATE_EMAILS_SQL = """
+WITH d AS (
+    SELECT line, min(line) OVER (PARTITION BY lower(email)) AS first
+    FROM customer_stage WHERE email IS NOT NULL
+)
+DELETE FROM customer_stage s USING d
+WHERE s.line = d.line AND d.first <> d.line
+RETURNING s.line, s.email, d.first
+"""
+
+
 def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
     result = UpsertResult()
-    rows = _without_repeats(rows, result)
     with connection.cursor() as cursor:
         bulk.stage(
             cursor,
@@ -232,6 +224,23 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
                 for key, row in rows
             ),
         )
+        cursor.execute(
+            "SELECT count(*) - count(DISTINCT external_id), "
+            "count(email) - count(DISTINCT lower(email)) FROM customer_stage"
+        )
+        repeated_ids, repeated_emails = cursor.fetchone()
+        if repeated_ids:
+            cursor.execute(_DUPLICATE_IDS_SQL)
+            for line, external_id, first in cursor.fetchall():
+                result.rejected.append(
+                    RowError(
+                        line, "external_id", f"{external_id!r} is repeated (first at {first})."
+                    )
+                )
+        if repeated_emails:
+            cursor.execute(_DUPLICATE_EMAILS_SQL)
+            for line, email, first in cursor.fetchall():
+                result.rejected.append(RowError(line, "email", _repeated(email, first)))
         cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
         with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
             cursor.execute(_MATCH_SQL)
@@ -298,11 +307,30 @@ def _chunks(items: list, size: int = 500):
 
 def _upsert_orm(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
     result = UpsertResult()
-    accepted = {row.external_id: (key, row) for key, row in _without_repeats(rows, result)}
-    emails = [row.email.lower() for _, row in accepted.values() if row.email is not None]
+    accepted: dict[str, tuple[int, CustomerRow]] = {}
+    for key, row in rows:
+        if row.external_id in accepted:
+            first = accepted[row.external_id][0]
+            result.rejected.append(RowError(key, "external_id", _repeated(row.external_id, first)))
+        else:
+            accepted[row.external_id] = (key, row)
+    emails_seen: dict[str, int] = {}
+    for external_id, (key, row) in list(accepted.items()):
+        if row.email is None:
+            continue
+        lowered = row.email.lower()
+        if lowered in emails_seen:
+            result.rejected.append(
+                RowError(
+                    key, "email", f"{row.email!r} is repeated (first at {emails_seen[lowered]})."
+                )
+            )
+            del accepted[external_id]
+        else:
+            emails_seen[lowered] = key
 
     owners: dict[str, str] = {}
-    for chunk in _chunks(emails):
+    for chunk in _chunks(list(emails_seen)):
         owners.update(
             Customer.objects.annotate(email_lower=Lower("email"))
             .filter(email_lower__in=chunk)
