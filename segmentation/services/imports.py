@@ -306,8 +306,10 @@ def csv_import(
     csv_file = csv_open(source, kind=kind)
     result = ImportResult(kind=kind, max_kept_errors=max_kept_errors)
     is_customers = kind == ImportKind.CUSTOMERS
-    # Parsing (pure Python) runs a chunk ahead in a thread while the database applies the last.
-    for parsed in prefetched(_parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)):
+    # Parsing and validating (pure Python) run up to three chunks ahead in a thread while the
+    # database applies the current one.
+    chunks = _parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)
+    for parsed in prefetched(chunks, depth=3):
         result.rows += parsed.rows
         if is_customers:
             applied: UpsertResult = customers_upsert(rows=parsed.chunk)

@@ -49,6 +49,25 @@ def test_reimporting_the_same_customer_file_changes_nothing():
     assert dict(Customer.objects.values_list("external_id", "updated_at")) == stamps
 
 
+def test_awkward_characters_survive_the_import_exactly():
+    text = (
+        "external_id,first_name,last_name,note\n"
+        'w1,"Tab\there","Back\\slash \\N","line one\nline two"\n'
+        'w2,Zoë,"quote ""q"" \r done",caf\u00e9 \\t {}\n'
+    )
+    result = csv_import(text.encode(), kind="customers", chunk_rows=1)
+    assert (result.created, result.rejected) == (2, 0)
+    w1 = Customer.objects.get(external_id="w1")
+    assert (w1.first_name, w1.last_name) == ("Tab\there", "Back\\slash \\N")
+    assert w1.attributes == {"note": "line one\nline two"}
+    w2 = Customer.objects.get(external_id="w2")
+    assert w2.first_name == "Zoë"
+    assert w2.last_name == 'quote "q" \r done'
+    assert w2.attributes == {"note": "café \\t {}"}
+    again = csv_import(text.encode(), kind="customers")
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
+
+
 def test_import_in_chunks_reports_progress_and_every_bad_line():
     lines = ["external_id,email"]
     for i in range(1, 24):
