@@ -36,9 +36,10 @@ Definitions
 
 Writing
 -------
-Each family is one statement that fills a temporary table: (1) purchase and activity
-aggregates, in one scan of the events; (2) per-type counts, from the 90-day window of events;
-(3, 4) scores and RFM segment of the customers who bought, from (1); (5) every customer's new
+Each family is one statement that fills a temporary table: (1, 2) purchase and activity
+aggregates and per-type counts over 30 and 90 days, in one scan of the events (the types in
+the window are found first by skipping through the (type, occurred_at) index); (3, 4) scores
+and RFM segment of the customers who bought, from (1); (5) every customer's new
 values with engagement points and tier, compared in SQL (``IS DISTINCT FROM``) with the stored
 row and kept only where they differ. Then those rows are updated and the missing ones
 inserted, so an hourly run writes only what changed. ``as_of`` and ``computed_at`` on a row
@@ -77,13 +78,15 @@ from segmentation.services.engagement import (
 #: The steps of a recompute, in order. ``progress`` is called with each label once the step
 #: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them.
 METRIC_FAMILIES: tuple[str, ...] = (
-    "Purchases and activity",
-    "Event counts over 30 and 90 days",
+    "Purchases, activity and event counts",
     "RFM scores and segments",
     "Engagement tiers",
     "Saving changed metrics",
 )
-_AGGREGATES, _EVENT_COUNTS, _SCORES, _ENGAGEMENT, _WRITE = METRIC_FAMILIES
+_AGGREGATES, _SCORES, _ENGAGEMENT, _WRITE = METRIC_FAMILIES
+
+#: Type/count pairs per JSON-building call (PostgreSQL functions take at most 100 arguments).
+_JSON_PAIRS_PER_CALL = 40
 
 #: Windows of ``event_counts_30d`` / ``event_counts_90d``.
 WINDOW_30D = timedelta(days=30)
@@ -270,36 +273,97 @@ class _Dialect:
         # division (which truncates) is floor.
         return f"((%s - {micros}) / 86400000000)", [_epoch_micros(as_of)]
 
-    def json_object_agg(self, key: str, value: str) -> str:
-        function = "jsonb_object_agg" if self.postgres else "json_group_object"
-        return f"{function}({key}, {value})"
+    def json_counts(self, pairs: list[tuple[str, str]]) -> str:
+        """A JSON object of ``(key placeholder, count expression)`` pairs, without the keys
+        whose count is 0 (``{}`` when all are)."""
+        if not pairs:
+            return self.empty_json
+        calls = []
+        for start in range(0, len(pairs), _JSON_PAIRS_PER_CALL):
+            chunk = pairs[start : start + _JSON_PAIRS_PER_CALL]
+            args = ", ".join(f"{key}, NULLIF({count}, 0)" for key, count in chunk)
+            calls.append(f"jsonb_build_object({args})" if self.postgres else f"json_object({args})")
+        if self.postgres:
+            return f"jsonb_strip_nulls({' || '.join(calls)})"
+        # SQLite: a JSON merge patch drops the keys whose value is null.
+        merged = "'{}'"
+        for call in calls:
+            merged = f"json_patch({merged}, {call})"
+        return merged
 
 
 def _epoch_micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
-    """Family 1: purchase and activity aggregates per customer, in one scan of the events.
+_EVENT_TYPES_SQL = """
+WITH RECURSIVE t(type) AS (
+    SELECT min(type) FROM {events}
+    UNION ALL
+    SELECT (SELECT min(e.type) FROM {events} e WHERE e.type > t.type) FROM t
+    WHERE t.type IS NOT NULL
+)
+SELECT t.type FROM t
+WHERE t.type IS NOT NULL AND EXISTS (
+    SELECT 1 FROM {events} e WHERE e.type = t.type AND e.occurred_at > %s AND e.occurred_at <= %s
+)
+ORDER BY t.type
+"""
 
-    Events of customers that no longer exist are dropped here, so they never count.
+
+def _window_types(cursor, d: _Dialect, *, as_of: datetime) -> list[str]:
+    """The event types with an event in the 90 days up to as_of: a skip scan of the
+    (type, occurred_at) index, a few probes per type, never a scan of the events."""
+    cursor.execute(
+        _EVENT_TYPES_SQL.format(events=Event._meta.db_table),
+        [d.datetime_param(as_of - WINDOW_90D), d.datetime_param(as_of)],
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
+    """Families 1 and 2 in one scan of the events: purchase and activity aggregates, and the
+    per-type event counts over the 30 and 90 days up to as_of.
+
+    The types are known beforehand (``_window_types``), so each count is a filtered aggregate
+    of the one per-customer group. Events of customers that no longer exist are dropped here,
+    so they never count.
     """
     placeholders = ", ".join(["%s"] * len(purchase_types))
     is_purchase = f"e.type IN ({placeholders})"
     recency_sql, recency_params = d.whole_days_before(as_of, "g.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "g.last_activity_at")
+    types = _window_types(cursor, d, as_of=as_of)
+    since_30d = d.datetime_param(as_of - WINDOW_30D)
+    since_90d = d.datetime_param(as_of - WINDOW_90D)
+    type_counts = []
+    type_params: list[Any] = []
+    for index, event_type in enumerate(types):
+        type_counts.append(
+            f"count(*) FILTER (WHERE e.type = %s AND e.occurred_at > %s) AS n30_{index}, "
+            f"count(*) FILTER (WHERE e.type = %s AND e.occurred_at > %s) AS n90_{index}"
+        )
+        type_params += [event_type, since_30d, event_type, since_90d]
+    counts_30d = d.json_counts([("%s", f"g.n30_{i}") for i in range(len(types))])
+    counts_90d = d.json_counts([("%s", f"g.n90_{i}") for i in range(len(types))])
     select = f"""
         SELECT g.customer_id, g.frequency, g.monetary, g.first_purchase_at,
                g.last_purchase_at, g.last_activity_at,
                {recency_sql} AS recency_days,
-               {activity_sql} AS days_since_last_activity
+               {activity_sql} AS days_since_last_activity,
+               {counts_30d} AS counts_30d,
+               {counts_90d} AS counts_90d,
+               g.events_30d, g.events_90d
         FROM (
             SELECT e.customer_id,
                    count(*) FILTER (WHERE {is_purchase}) AS frequency,
                    {d.monetary_sum(is_purchase)} AS monetary,
                    min(e.occurred_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
                    max(e.occurred_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
-                   max(e.occurred_at) AS last_activity_at
+                   max(e.occurred_at) AS last_activity_at,
+                   count(*) FILTER (WHERE e.occurred_at > %s) AS events_30d,
+                   count(*) FILTER (WHERE e.occurred_at > %s) AS events_90d
+                   {"".join(", " + c for c in type_counts)}
             FROM {Event._meta.db_table} e
             WHERE e.occurred_at <= %s
             GROUP BY e.customer_id
@@ -309,37 +373,15 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
     params = [
         *recency_params,
         *activity_params,
+        *types,
+        *types,
         *(purchase_types * 4),
+        since_30d,
+        since_90d,
+        *type_params,
         d.datetime_param(as_of),
     ]
     d.create_temp_table(cursor, "metrics_agg", select, params)
-
-
-def _step_event_counts(cursor, d: _Dialect, *, as_of: datetime) -> None:
-    """Family 2: per-type event counts over the 30 and 90 days up to as_of."""
-    select = f"""
-        SELECT p.customer_id,
-               coalesce({d.json_object_agg("p.type", "p.n30")} FILTER (WHERE p.n30 > 0),
-                        {d.empty_json}) AS counts_30d,
-               {d.json_object_agg("p.type", "p.n90")} AS counts_90d,
-               CAST(sum(p.n30) AS BIGINT) AS events_30d,
-               CAST(sum(p.n90) AS BIGINT) AS events_90d
-        FROM (
-            SELECT e.customer_id, e.type,
-                   count(*) FILTER (WHERE e.occurred_at > %s) AS n30,
-                   count(*) AS n90
-            FROM {Event._meta.db_table} e
-            WHERE e.occurred_at > %s AND e.occurred_at <= %s
-            GROUP BY e.customer_id, e.type
-        ) p
-        GROUP BY p.customer_id
-    """
-    params = [
-        d.datetime_param(as_of - WINDOW_30D),
-        d.datetime_param(as_of - WINDOW_90D),
-        d.datetime_param(as_of),
-    ]
-    d.create_temp_table(cursor, "metrics_counts", select, params)
 
 
 def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
@@ -385,7 +427,7 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
     """
     # N is a parameter rather than count(*) OVER (), which would buffer every row again.
     d.create_temp_table(cursor, "metrics_scores", select, [*segment_params, n, n, n])
-    for name in ("metrics_agg", "metrics_counts", "metrics_scores"):
+    for name in ("metrics_agg", "metrics_scores"):
         d.analyze_temp_table(cursor, name)
     return n
 
@@ -438,17 +480,16 @@ def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
                            coalesce(a.frequency, 0) AS frequency,
                            {d.monetary_value("coalesce(a.monetary, 0)")} AS monetary,
                            a.last_activity_at, a.days_since_last_activity,
-                           coalesce(k.counts_30d, {d.empty_json}) AS event_counts_30d,
-                           coalesce(k.counts_90d, {d.empty_json}) AS event_counts_90d,
-                           coalesce(k.events_30d, 0) AS events_30d,
-                           coalesce(k.events_90d, 0) AS events_90d,
+                           coalesce(a.counts_30d, {d.empty_json}) AS event_counts_30d,
+                           coalesce(a.counts_90d, {d.empty_json}) AS event_counts_90d,
+                           coalesce(a.events_30d, 0) AS events_30d,
+                           coalesce(a.events_90d, 0) AS events_90d,
                            s.r_score, s.f_score, s.m_score,
                            coalesce(s.rfm_segment, '') AS rfm_segment,
                            {old}
                     FROM {Customer._meta.db_table} c
                     LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
                     LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
-                    LEFT JOIN {d.temp}.metrics_counts k ON k.customer_id = c.id
                     LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = c.id
                 ) y{d.fence}
             ) z
@@ -550,7 +591,6 @@ def metrics_recompute(
         computed_at = timezone.now()
 
         run(_AGGREGATES, lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types))
-        run(_EVENT_COUNTS, lambda: _step_event_counts(cursor, d, as_of=as_of))
         scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments))
         run(_ENGAGEMENT, lambda: _step_engagement(cursor, d, definition=definition))
         inserted, changed = run(
@@ -558,7 +598,7 @@ def metrics_recompute(
         )
         cursor.execute(f"SELECT count(*) FROM {Customer._meta.db_table}")
         customers = int(cursor.fetchone()[0])
-        for name in ("metrics_agg", "metrics_counts", "metrics_scores", "metrics_new"):
+        for name in ("metrics_agg", "metrics_scores", "metrics_new"):
             d.drop_temp_table(cursor, name)
         if d.postgres:
             for name, value in previous.items():

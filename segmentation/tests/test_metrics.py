@@ -284,6 +284,22 @@ def test_event_count_windows_end_at_as_of_and_exclude_their_start():
     assert row["last_activity_at"] == AS_OF
 
 
+def test_event_counts_cover_many_types_and_leave_out_old_ones():
+    recent = [(f"type_{i:02d}", DAY * (i % 60), None) for i in range(95)]
+    cid = one_customer_with([*recent, ("retired", 200 * DAY, None)])
+    other = one_customer_with([("type_07", DAY, None), ("type_07", 2 * DAY, None)])
+
+    metrics_recompute(as_of=AS_OF)
+
+    rows = stored()
+    expected_90d = {f"type_{i:02d}": 1 for i in range(95)}
+    assert rows[cid]["event_counts_90d"] == expected_90d
+    assert rows[cid]["event_counts_30d"] == {
+        f"type_{i:02d}": 1 for i in range(95) if (i % 60) * DAY < 30 * DAY
+    }
+    assert rows[other]["event_counts_30d"] == rows[other]["event_counts_90d"] == {"type_07": 2}
+
+
 def test_customers_without_purchases_are_unscored_but_get_activity_and_a_tier():
     browser = one_customer_with([("session", 2 * DAY, None), ("email_click", DAY, None)])
     (silent,) = make_customers(1)
