@@ -13,9 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from abtest.models import JobStatus
 from segmentation.models import (
     CustomerMetrics,
-    JobStatus,
     RefreshRun,
     Segment,
     SegmentMembership,

@@ -13,10 +13,10 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from abtest.models import JobStatus
 from segmentation.models import (
     CustomerMetrics,
     ImportJob,
-    JobStatus,
     RefreshRun,
     Segment,
 )
