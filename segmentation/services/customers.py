@@ -29,6 +29,7 @@ from abtest.errors import ServiceError
 from segmentation.models import Customer, SubscriptionStatus
 from segmentation.services import bulk
 from segmentation.services.validation import (
+    CUSTOMER_FIELDS,
     PROVIDED_BIT,
     CustomerRow,
     RowError,
@@ -96,15 +97,8 @@ def _set(column: str, default: str) -> str:
     )
 
 
-_MATCH_COLUMNS = (
-    "email",
-    "first_name",
-    "last_name",
-    "locale",
-    "time_zone",
-    "subscription_status",
-    "attributes",
-)
+#: The stored columns a row sets (all but external_id), in staging order.
+_MATCH_COLUMNS = CUSTOMER_FIELDS
 
 # Each staged row joined once to the stored customer: the values it will have, whether that
 # changes anything, and whether it changes the email (only those need an email check, so a
