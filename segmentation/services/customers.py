@@ -170,8 +170,11 @@ FROM customer_match m
 WHERE c.id = m.cid AND m.changed
 """
 
+# Who holds the emails of the rows that were skipped (lower() as the unique index has it).
 _OWNERS_SQL = """
-SELECT lower(email), external_id FROM segmentation_customer WHERE lower(email) = ANY(%s)
+SELECT m.line, c.external_id FROM customer_match m
+JOIN segmentation_customer c ON lower(c.email) = lower(m.email)
+WHERE m.line = ANY(%s) AND c.external_id <> m.external_id
 """
 
 
@@ -270,12 +273,12 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
 def _skipped_errors(cursor, skipped: list[tuple[int, str, str | None]]) -> list[RowError]:
     """Why new rows hit a unique conflict: their email belongs to someone, or another request
     created the same external_id meanwhile."""
-    cursor.execute(_OWNERS_SQL, [[email.lower() for _, _, email in skipped if email]])
+    cursor.execute(_OWNERS_SQL, [[line for line, _, _ in skipped]])
     owners = dict(cursor.fetchall())
     errors = []
     for line, external_id, email in skipped:
-        owner = owners.get(email.lower()) if email else None
-        if owner is not None and owner != external_id:
+        owner = owners.get(line)
+        if owner is not None:
             errors.append(RowError(line, "email", f"{email!r} belongs to customer {owner!r}."))
         else:
             errors.append(
