@@ -240,19 +240,22 @@ class _Dialect:
         return connection.ops.adapt_datetimefield_value(value)
 
     def monetary_sum(self, condition: str) -> str:
-        """The exact sum of purchase values (SQLite, whose decimals are REAL: integer cents)."""
+        """The exact sum of purchase values, in integer cents: values have two decimals, and
+        a BIGINT sum is both exact and much cheaper than a NUMERIC one (on SQLite, whose
+        decimals are REAL, the rounding makes each value exact)."""
         if self.postgres:
-            return f"coalesce(sum(e.value) FILTER (WHERE {condition}), 0)"
+            return f"coalesce(sum(CAST(e.value * 100 AS BIGINT)) FILTER (WHERE {condition}), 0)"
         return f"coalesce(sum(CAST(round(e.value * 100) AS INTEGER)) FILTER (WHERE {condition}), 0)"
 
     def monetary_cents(self, column: str) -> str:
-        """An integer (cents) with the order of the sum ``monetary_sum`` produced: sorts faster
-        than NUMERIC, and exactly, since values have two decimals."""
-        return f"CAST({column} * 100 AS BIGINT)" if self.postgres else column
+        """The integer cents ``monetary_sum`` produced (ranks sort them exactly and fast)."""
+        return column
 
     def monetary_value(self, column: str) -> str:
-        """The amount from the sum ``monetary_sum`` produced."""
-        return column if self.postgres else f"({column}) / 100.0"
+        """The amount from the cents ``monetary_sum`` produced."""
+        if self.postgres:
+            return f"CAST(CAST({column} AS NUMERIC) / 100 AS NUMERIC(16, 2))"
+        return f"({column}) / 100.0"
 
     def whole_days_before(self, as_of: datetime, column: str) -> tuple[str, list[Any]]:
         """floor((as_of - column) / 1 day) as an integer, exactly (NULL when column is)."""

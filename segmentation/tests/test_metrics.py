@@ -284,6 +284,24 @@ def test_event_count_windows_end_at_as_of_and_exclude_their_start():
     assert row["last_activity_at"] == AS_OF
 
 
+def test_monetary_is_exact_for_large_and_fractional_sums():
+    big = one_customer_with([("purchase", i * DAY, "999999999999.99") for i in range(3)])
+    cents = one_customer_with(
+        [("purchase", i * DAY, "0.10") for i in range(7)]
+        + [
+            ("purchase", 8 * DAY, "0.01"),
+            ("purchase", 9 * DAY, None),
+        ]
+    )
+
+    metrics_recompute(as_of=AS_OF)
+
+    rows = stored()
+    assert rows[big]["monetary"] == Decimal("2999999999999.97")
+    assert rows[cents]["monetary"] == Decimal("0.71")
+    assert rows[cents]["frequency"] == 9
+
+
 def test_event_counts_cover_many_types_and_leave_out_old_ones():
     recent = [(f"type_{i:02d}", DAY * (i % 60), None) for i in range(95)]
     cid = one_customer_with([*recent, ("retired", 200 * DAY, None)])
