@@ -34,7 +34,7 @@ from segmentation.services.customers import UpsertResult, customers_upsert
 from segmentation.services.events import IngestResult, events_ingest
 from segmentation.services.validation import RowError, RowInvalid, clean_customer, clean_event
 
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 100_000
 #: How many rejected rows an import keeps for display (the count is always exact).
 MAX_KEPT_ERRORS = 1_000
 
@@ -306,10 +306,10 @@ def csv_import(
     csv_file = csv_open(source, kind=kind)
     result = ImportResult(kind=kind, max_kept_errors=max_kept_errors)
     is_customers = kind == ImportKind.CUSTOMERS
-    # Parsing and validating (pure Python) run up to three chunks ahead in a thread while the
+    # Parsing and validating (pure Python) run up to two chunks ahead in a thread while the
     # database applies the current one.
     chunks = _parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)
-    for parsed in prefetched(chunks, depth=3):
+    for parsed in prefetched(chunks, depth=2):
         result.rows += parsed.rows
         if is_customers:
             applied: UpsertResult = customers_upsert(rows=parsed.chunk)
