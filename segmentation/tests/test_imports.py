@@ -68,6 +68,23 @@ def test_awkward_characters_survive_the_import_exactly():
     assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
 
 
+def test_repeats_in_a_file_are_reported_by_line_and_the_first_row_wins():
+    text = (
+        "external_id,email,first_name\n"
+        "r1,one@example.com,First\n"
+        "r2,two@example.com,Two\n"
+        "r1,other@example.com,Second\n"
+        "r3,TWO@example.com,Three\n"
+    )
+    result = csv_import(text.encode(), kind="customers")
+    assert (result.created, result.rejected) == (2, 2)
+    assert [(e.row, e.column) for e in result.errors] == [(4, "external_id"), (5, "email")]
+    assert "(first at 2)" in result.errors[0].reason
+    assert "(first at 3)" in result.errors[1].reason
+    assert Customer.objects.get(external_id="r1").first_name == "First"
+    assert not Customer.objects.filter(external_id="r3").exists()
+
+
 def test_import_in_chunks_reports_progress_and_every_bad_line():
     lines = ["external_id,email"]
     for i in range(1, 24):
