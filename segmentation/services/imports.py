@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import hashlib
 import io
@@ -117,9 +119,21 @@ def _normalise(header: str) -> str:
     return _HEADER_CLEAN.sub("_", header.strip().lower())
 
 
+Source = bytes | str | Path | IO[bytes]
+
+#: Bytes read at a time when scanning a file.
+_BLOCK = 1 << 20
+#: The start of the file that is sniffed for the delimiter and checked for binary data.
+_SAMPLE = 65536
+
+
 @dataclass
 class CsvFile:
-    """An opened, sniffed CSV: its mapped columns and an iterator of (line, values)."""
+    """An opened, sniffed CSV: its mapped columns and an iterator of (line, values).
+
+    Nothing is held in memory but the current row: the file is scanned once when opened
+    (content hash, row count, UTF-8 check) and read again, streaming, as ``rows`` is iterated.
+    """
 
     columns: list[tuple[str, str | None]]  # (target kind, target name) per column
     headers: list[str]
@@ -128,16 +142,63 @@ class CsvFile:
     total_rows: int
 
 
-def _open_text(raw: bytes) -> str:
-    if b"\x00" in raw[:65536]:
-        raise CsvError("This is not a CSV file (it contains binary data).", field="file")
+@dataclass
+class _Scan:
+    digest: str
+    newlines: int
+    ends_with_newline: bool
+    sample: str  # the decoded start of the file
+    has_text: bool  # anything but whitespace
+
+
+def _binary(source: Source) -> tuple[IO[bytes], bool]:
+    """A seekable binary stream for ``source`` and whether this module opened it (and so must
+    close it); a caller's stream is left open for the caller."""
+    if isinstance(source, (str, Path)):
+        return open(source, "rb"), True
+    if isinstance(source, bytes):
+        return io.BytesIO(source), True
+    return source, False
+
+
+def _scan(stream: IO[bytes]) -> _Scan:
+    """One pass over the bytes: hash, newline count, UTF-8 validity, the sample to sniff."""
+    stream.seek(0)
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    newlines, offset, sample, has_text, last = 0, 0, "", False, b""
+    while block := stream.read(_BLOCK):
+        if offset == 0 and b"\x00" in block[:_SAMPLE]:
+            raise CsvError("This is not a CSV file (it contains binary data).", field="file")
+        digest.update(block)
+        newlines += block.count(b"\n")
+        try:
+            text = decoder.decode(block)
+        except UnicodeDecodeError as error:
+            raise CsvError(
+                f"The file is not UTF-8 text (byte {offset + error.start}); save it as UTF-8 CSV.",
+                field="file",
+            ) from None
+        if len(sample) < _SAMPLE:
+            sample += text[: _SAMPLE - len(sample)]
+        has_text = has_text or bool(text.lstrip("\ufeff").strip())
+        offset += len(block)
+        last = block[-1:]
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
         raise CsvError(
-            f"The file is not UTF-8 text (byte {error.start}); save it as UTF-8 CSV.",
+            f"The file is not UTF-8 text (it ends inside a character, byte {offset}); "
+            "save it as UTF-8 CSV.",
             field="file",
         ) from None
+    return _Scan(
+        digest=digest.hexdigest()[:16],
+        newlines=newlines,
+        ends_with_newline=last == b"\n",
+        sample=sample.removeprefix("\ufeff"),
+        has_text=has_text,
+    )
 
 
 def _sniff(sample: str) -> csv.Dialect | type[csv.Dialect]:
@@ -155,48 +216,65 @@ def _sniff(sample: str) -> csv.Dialect | type[csv.Dialect]:
         ) from None
 
 
-def csv_open(source: bytes | str | Path | IO[bytes], *, kind: str) -> CsvFile:
-    """Read and check a CSV file; raise ``CsvError`` if it cannot be imported at all."""
-    if isinstance(source, (str, Path)):
-        raw = Path(source).read_bytes()
-    elif isinstance(source, bytes):
-        raw = source
-    else:
-        raw = source.read()
-    text = _open_text(raw)
-    if not text.strip():
-        raise CsvError("The file is empty.", field="file")
-    dialect = _sniff(text[:65536])
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+def csv_open(source: Source, *, kind: str) -> CsvFile:
+    """Check a CSV file and map its columns; raise ``CsvError`` if it cannot be imported at
+    all. ``source``: a path, the bytes, or a seekable binary stream (left open)."""
+    stream, owned = _binary(source)
     try:
-        headers = next(reader)
-    except csv.Error as error:
+        scan = _scan(stream)
+    except BaseException:
+        if owned:
+            stream.close()
+        raise
+    if owned:
+        stream.close()
+    else:
+        stream.seek(0)
+    if not scan.has_text:
+        raise CsvError("The file is empty.", field="file")
+    dialect = _sniff(scan.sample)
+    try:
+        headers = next(csv.reader(io.StringIO(scan.sample, newline=""), dialect))
+    except (csv.Error, StopIteration) as error:
         raise CsvError(f"This is not a valid CSV file: {error}.", field="file") from None
     columns = _map_columns(headers, kind=kind)
     return CsvFile(
         columns=columns,
         headers=headers,
-        rows=_numbered(reader),
-        digest=hashlib.sha256(raw).hexdigest()[:16],
-        total_rows=max(0, text.count("\n") - (0 if text.endswith("\n") else -1) - 1),
+        rows=_numbered(source, dialect),
+        digest=scan.digest,
+        total_rows=max(0, scan.newlines + (0 if scan.ends_with_newline else 1) - 1),
     )
 
 
-def _numbered(reader) -> Iterator[tuple[int, list[str]]]:
-    """Yield (first line number of the row, values); blank lines are skipped."""
-    line = reader.line_num + 1
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            yield line, [f"\x00{error}"]
-            line = reader.line_num + 1
-            continue
-        if values and any(v.strip() for v in values):
-            yield line, values
+def _numbered(source: Source, dialect) -> Iterator[tuple[int, list[str]]]:
+    """Yield (first line number of the row, values) after the header; blank lines are
+    skipped. Streams the file; a caller's stream is left open (and rewound) at the end."""
+    stream, owned = _binary(source)
+    stream.seek(0)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text, dialect)
+        next(reader, None)  # the header
         line = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                yield line, [f"\x00{error}"]
+                line = reader.line_num + 1
+                continue
+            if values and any(v.strip() for v in values):
+                yield line, values
+            line = reader.line_num + 1
+    finally:
+        if owned:
+            text.close()
+        else:
+            text.detach()
+            stream.seek(0)
 
 
 def _map_columns(headers: list[str], *, kind: str) -> list[tuple[str, str | None]]:
@@ -291,7 +369,7 @@ Progress = Callable[[int, ImportResult], None]
 
 
 def csv_import(
-    source: bytes | str | Path | IO[bytes],
+    source: Source,
     *,
     kind: str,
     create_customers: bool = False,
@@ -387,9 +465,8 @@ def import_job_create(
     """Store an uploaded file as a pending import; the caller enqueues ``import_job_run``."""
     if kind not in ImportKind.values:
         raise ServiceError(f"Unknown import kind {kind!r}.", field="kind")
-    raw = upload.read()
     upload.seek(0)
-    csv_open(raw, kind=kind)  # refuse files that cannot be imported at all, right away
+    csv_open(upload, kind=kind)  # refuse files that cannot be imported at all, right away
     job = ImportJob(
         kind=kind,
         filename=getattr(upload, "name", "upload.csv")[:255],
@@ -401,29 +478,27 @@ def import_job_create(
     return job
 
 
-def import_job_run(*, job: ImportJob, source: bytes | str | Path | IO[bytes] | None = None) -> None:
+def import_job_run(*, job: ImportJob, source: Source | None = None) -> None:
     """Run an import, saving progress after every chunk; failures are recorded on the job."""
     ImportJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, started_at=timezone.now(), message=""
     )
     try:
-        if source is None:
-            with job.file.open("rb") as handle:
-                raw = handle.read()
-        else:
-            raw = source
-        total = csv_open(raw, kind=job.kind).total_rows
-        ImportJob.objects.filter(pk=job.pk).update(total_rows=total)
+        with contextlib.ExitStack() as stack:
+            if source is None:
+                source = stack.enter_context(job.file.open("rb"))
+            total = csv_open(source, kind=job.kind).total_rows
+            ImportJob.objects.filter(pk=job.pk).update(total_rows=total)
 
-        def progress(rows: int, result: ImportResult) -> None:
-            ImportJob.objects.filter(pk=job.pk).update(**_job_counts(rows, result))
+            def progress(rows: int, result: ImportResult) -> None:
+                ImportJob.objects.filter(pk=job.pk).update(**_job_counts(rows, result))
 
-        result = csv_import(
-            raw,
-            kind=job.kind,
-            create_customers=bool(job.options.get("create_customers")),
-            progress=progress,
-        )
+            result = csv_import(
+                source,
+                kind=job.kind,
+                create_customers=bool(job.options.get("create_customers")),
+                progress=progress,
+            )
     except ServiceError as error:
         ImportJob.objects.filter(pk=job.pk).update(
             status=JobStatus.FAILED, message=error.message, finished_at=timezone.now()

@@ -11,7 +11,13 @@ from django.core.management import CommandError, call_command
 
 from abtest.models import JobStatus
 from segmentation.models import Customer, Event, ImportJob
-from segmentation.services.imports import CsvError, csv_import, import_job_create, import_job_run
+from segmentation.services.imports import (
+    CsvError,
+    csv_import,
+    csv_open,
+    import_job_create,
+    import_job_run,
+)
 from segmentation.tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +159,33 @@ def test_files_that_cannot_be_imported_get_a_clear_error(content, message):
     with pytest.raises(CsvError, match=message):
         csv_import(content, kind="customers")
     assert Customer.objects.count() == 0
+
+
+def test_bad_bytes_late_in_a_file_refuse_it_before_any_row_is_imported(monkeypatch):
+    from segmentation.services import imports
+
+    monkeypatch.setattr(imports, "_BLOCK", 64)  # many blocks, characters split across them
+    good = "".join(f"ü{i},u{i}@example.com\n" for i in range(200))
+    content = ("external_id,email\n" + good).encode() + b"late,\xff\n"
+    with pytest.raises(CsvError, match=r"not UTF-8 text \(byte \d+\)"):
+        csv_import(content, kind="customers")
+    assert Customer.objects.count() == 0
+    result = csv_import(("external_id,email\n" + good).encode(), kind="customers")
+    assert result.created == 200
+    assert Customer.objects.filter(external_id="ü199").exists()
+
+
+def test_paths_and_open_files_are_streamed_and_a_callers_file_stays_usable(tmp_path):
+    path = tmp_path / "customers.csv"
+    path.write_bytes(b"\xef\xbb\xbfexternal_id;email\np1;p1@example.com\np2;\n")
+    assert csv_import(path, kind="customers").created == 2
+    assert csv_import(str(path), kind="customers").unchanged == 2
+    with path.open("rb") as handle:
+        assert csv_open(handle, kind="customers").total_rows == 2
+        assert handle.tell() == 0 and not handle.closed
+        result = csv_import(handle, kind="customers")
+        assert (result.rows, result.unchanged) == (2, 2)
+        assert not handle.closed and handle.read(3) == b"\xef\xbb\xbf"
 
 
 EVENTS = """customer,type,timestamp,amount,sku

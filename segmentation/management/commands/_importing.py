@@ -41,9 +41,8 @@ class ImportCommand(BaseCommand):
     def handle(self, *args, file: Path, errors_out: Path | None, no_progress: bool, **options):
         if not file.is_file():
             raise CommandError(f"No such file: {file}")
-        raw = file.read_bytes()
         try:
-            total = csv_open(raw, kind=self.kind).total_rows
+            total = csv_open(file, kind=self.kind).total_rows
         except ServiceError as error:
             raise CommandError(f"{file}: {error.message}") from None
         import_options = self.import_options(options)
@@ -66,7 +65,7 @@ class ImportCommand(BaseCommand):
 
         try:
             result = csv_import(
-                raw,
+                file,
                 kind=self.kind,
                 progress=progress,
                 max_kept_errors=10**9 if errors_out else MAX_KEPT_ERRORS,
