@@ -64,3 +64,43 @@ def test_consumer_stopping_early_stops_and_joins_the_producer():
 def test_depth_must_be_positive():
     with pytest.raises(ValueError):
         list(prefetched([1], depth=0))
+
+
+def test_short_gil_slices_are_set_for_the_block_and_restored():
+    import sys
+
+    from abtest.prefetch import short_gil_slices
+
+    before = sys.getswitchinterval()
+    with short_gil_slices(0.001):
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        with short_gil_slices(0.002):  # nested: the shorter setting stays
+            assert sys.getswitchinterval() == pytest.approx(0.001)
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), short_gil_slices(0.001):
+        raise RuntimeError("boom")
+    assert sys.getswitchinterval() == before
+
+
+def test_overlapping_blocks_in_two_threads_restore_the_setting_once_both_end():
+    import sys
+
+    from abtest.prefetch import short_gil_slices
+
+    before = sys.getswitchinterval()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with short_gil_slices(0.001):
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    with short_gil_slices(0.001):
+        thread.start()
+        assert inside.wait(5)
+    assert sys.getswitchinterval() == pytest.approx(0.001)  # the other block still runs
+    release.set()
+    thread.join(5)
+    assert sys.getswitchinterval() == before

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from abtest.errors import ServiceError
 from abtest.models import JobStatus
-from abtest.prefetch import prefetched
+from abtest.prefetch import prefetched, short_gil_slices
 from segmentation.models import ImportJob, ImportKind
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
@@ -416,7 +416,20 @@ def csv_import(
     # Parsing and validating (pure Python) run up to two chunks ahead in a thread while the
     # database applies the current one.
     chunks = _parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)
-    for parsed in prefetched(chunks, depth=2):
+    with short_gil_slices():
+        _apply_chunks(prefetched(chunks, depth=2), result, is_customers, create_customers, progress)
+    analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
+    return result
+
+
+def _apply_chunks(
+    chunks: Iterator[_ParsedChunk],
+    result: ImportResult,
+    is_customers: bool,
+    create_customers: bool,
+    progress: Progress | None,
+) -> None:
+    for parsed in chunks:
         result.rows += parsed.rows
         if is_customers:
             applied: UpsertResult = customers_upsert(rows=parsed.chunk)
@@ -434,8 +447,6 @@ def csv_import(
         result.keep(sorted(batch_errors, key=lambda e: e.row))
         if progress is not None:
             progress(result.rows, result)
-    analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
-    return result
 
 
 @dataclass
