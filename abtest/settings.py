@@ -193,6 +193,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(minute=5),  # hourly
         "options": {"expires": 3000},
     },
+    "segmentation-event-summary": {
+        "task": "segmentation.tasks.event_summary_sync_task",
+        "schedule": timedelta(minutes=10),
+        "options": {"expires": 540},
+    },
     "heartbeat-prune": {
         "task": "abtest.tasks.heartbeat_prune_task",
         "schedule": crontab(minute=17, hour=3),

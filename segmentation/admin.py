@@ -9,9 +9,11 @@ from abtest.admin_actions import export_as_csv
 from abtest.errors import ServiceError
 from segmentation.models import (
     Customer,
+    CustomerEventSummary,
     CustomerMetrics,
     EngagementModel,
     Event,
+    EventSummaryState,
     ImportJob,
     RefreshRun,
     Segment,
@@ -67,6 +69,24 @@ class EventAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     actions = [export_as_csv]
+
+
+@admin.register(CustomerEventSummary)
+class CustomerEventSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Derived from the events by the refresh (PostgreSQL); rebuilt, never edited."""
+
+    list_display = ("customer", "type", "count", "value_cents", "first_at", "last_at")
+    list_select_related = ("customer",)
+    list_filter = ("type",)
+    search_fields = ("=customer__external_id", "customer__email")
+    raw_id_fields = ("customer",)
+    show_full_result_count = False
+    actions = [export_as_csv]
+
+
+@admin.register(EventSummaryState)
+class EventSummaryStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("last_event_id", "max_occurred_at", "synced_at")
 
 
 @admin.register(CustomerMetrics)

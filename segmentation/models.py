@@ -10,6 +10,8 @@ Physical design notes (see docs/ops/data.md):
 - Derived, high-volume rows (metrics, memberships) carry no database foreign-key constraints
   either; the ORM cascades deletes and the services write them set-based.
 - ``CustomerMetrics`` is derived data, recomputed set-based; nothing edits it by hand.
+- ``CustomerEventSummary`` (PostgreSQL) is derived too: per customer and type, count, value
+  and first/last time, kept by ``segmentation.services.event_summary`` and database triggers.
 - ``SegmentMembership`` keeps history: a row per stay in a segment, ``left_at`` set when the
   customer leaves; current members have ``left_at IS NULL``.
 """
@@ -111,6 +113,63 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} at {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class CustomerEventSummary(models.Model):
+    """Per customer and event type: how many events, their value, the first and the last.
+
+    Derived from ``Event`` by ``segmentation.services.event_summary`` on PostgreSQL, where it
+    answers rule conditions over all time ("never", "fewer than 2", "in the last 90 days") and
+    the all-time metrics without aggregating every event again. It covers the events up to
+    ``EventSummaryState.last_event_id``; readers add the (few) events after it. Database
+    triggers keep it right when events are updated or deleted. Unused (empty) on SQLite.
+    """
+
+    customer = models.ForeignKey(
+        Customer,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,  # covered by (customer, type)
+        related_name="event_summaries",
+    )
+    type = models.CharField(max_length=100)
+    count = models.BigIntegerField()
+    #: Sum of the events' values in integer cents (exact, and cheap to add up).
+    value_cents = models.BigIntegerField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "customer event summaries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "type"], name="event_summary_customer_type"
+            ),
+        ]
+        indexes = [
+            # "did X in the last d days" and "at least k X ever" read one type's rows.
+            models.Index(
+                fields=["type", "last_at"], include=["customer", "count"], name="event_summary_last"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} x{self.count} for customer {self.customer_id}"
+
+
+class EventSummaryState(models.Model):
+    """The single row saying how far ``CustomerEventSummary`` has read the events."""
+
+    last_event_id = models.BigIntegerField(default=0)
+    #: The latest ``occurred_at`` among the summarized events (an upper bound after deletes).
+    max_occurred_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "event summary state"
+
+    def __str__(self) -> str:
+        return f"events summarized up to #{self.last_event_id}"
 
 
 class CustomerMetrics(models.Model):

@@ -33,8 +33,12 @@ Compilation returns a ``Q`` over ``Customer``: ``Customer.objects.filter(q)`` is
 Metric conditions go through the reverse one-to-one join (``metrics__frequency__gte``); positive
 event and segment conditions are non-correlated ``pk IN (subquery)`` (hash semi-joins on
 PostgreSQL); negative ones are ``NOT EXISTS``, which PostgreSQL turns into hash anti-joins
-(``NOT IN`` over a large subquery cannot be, and degrades to a nested scan). Only a rule with
-segment conditions needs a query at compile time, to turn slugs into ids.
+(``NOT IN`` over a large subquery cannot be, and degrades to a nested scan). On PostgreSQL,
+event conditions over all time and "at least once in the last d days" read the per-customer
+event summary (``segmentation.services.event_summary``) plus the events after its cutoff;
+only "k >= 2 times in the last d days" counts events in the window. A rule with segment
+conditions needs a query at compile time to turn slugs into ids, and on PostgreSQL one with
+event conditions a query to read the summary's cutoff.
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ from django.db.models import (
     Subquery,
 )
 from django.db.models.fields.json import KeyTransform, compile_json_path
-from django.db.models.functions import Lower
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from segmentation.models import (
+    CustomerEventSummary,
     Event,
     Segment,
     SegmentKind,
@@ -698,12 +703,28 @@ def _segment_ids(tree: _Group) -> dict[str, int]:
 # --- Compilation -------------------------------------------------------------------------------
 
 
-def rule_compile(rule: Any, *, now: dt.datetime | None = None) -> Q:
-    """A ``Q`` over ``Customer`` for the rule; ``now`` anchors the day windows."""
+def rule_compile(rule: Any, *, now: dt.datetime | None = None, event_summary: bool = True) -> Q:
+    """A ``Q`` over ``Customer`` for the rule; ``now`` anchors the day windows.
+
+    ``event_summary=False`` reads events directly even where the event summary could serve
+    (same customers; no query to read the summary's cutoff).
+    """
     tree = _parse(rule)
     ids = _segment_ids(tree)
-    compiler = _Compiler(now or timezone.now(), ids, connection.vendor)
+    cutoff = None
+    if event_summary and rule_has_event_conditions(tree):
+        # Imported here: the services import this module.
+        from segmentation.services.event_summary import event_summary_cutoff
+
+        cutoff = event_summary_cutoff()
+    compiler = _Compiler(now or timezone.now(), ids, connection.vendor, cutoff)
     return compiler.node(tree)
+
+
+def rule_has_event_conditions(rule: Any) -> bool:
+    """Whether the rule (JSON, or a parsed tree) has an event condition anywhere."""
+    tree = rule if isinstance(rule, _Group) else _parse(rule)
+    return any(isinstance(n, _EventCondition) for n in _walk(tree))
 
 
 # Always true / always false, which Django folds away (a bare Q() would vanish inside an OR).
@@ -712,10 +733,13 @@ _EVERYTHING = ~Q(pk__in=[])
 
 
 class _Compiler:
-    def __init__(self, now: dt.datetime, segment_ids: dict[str, int], vendor: str):
+    def __init__(
+        self, now: dt.datetime, segment_ids: dict[str, int], vendor: str, cutoff: Any = None
+    ):
         self.now = now
         self.segment_ids = segment_ids
         self.vendor = vendor
+        self.cutoff = cutoff  # event_summary.SummaryCutoff, or None: read the events only
 
     def node(self, node: _Node) -> Q:
         if isinstance(node, _Group):
@@ -854,7 +878,9 @@ class _Compiler:
         raise AssertionError(op)  # pragma: no cover
 
     # Events: positive conditions are non-correlated IN subqueries (hash semi-joins); negative
-    # ones NOT EXISTS (hash anti-joins).
+    # ones NOT EXISTS (hash anti-joins). With the event summary (PostgreSQL), conditions over
+    # all time and "at least once in d days" read it, plus the events after its cutoff; only
+    # "k >= 2 times in the last d days" counts the events in the window.
 
     def events(self, c: _EventCondition) -> QuerySet:
         qs = Event.objects.filter(type=c.type)
@@ -863,6 +889,8 @@ class _Compiler:
         return qs
 
     def event(self, c: _EventCondition) -> Q:
+        if self.cutoff is not None and (c.days is None or c.count == 1 or c.op == "never"):
+            return self.summarized_event(c)
         events = self.events(c)
         if c.op == "never" or (c.op == "fewer_than" and c.count == 1):
             return Q(~Exists(events.filter(customer_id=OuterRef("pk"))))
@@ -877,6 +905,45 @@ class _Compiler:
         if c.op == "at_least":
             return Q(pk__in=repeaters)
         return Q(_NotInSubquery(repeaters))
+
+    def summarized_event(self, c: _EventCondition) -> Q:
+        """The condition from the summary (events up to the cutoff) and the newer events.
+
+        "At least k" holds when the summary alone has k, or when the customer has newer events
+        and the summary's count plus theirs reaches k; the negative operators negate that.
+        """
+        count = 1 if c.op == "never" else c.count
+        summary = CustomerEventSummary.objects.filter(type=c.type)
+        newer = None
+        if self.cutoff.newer:
+            newer = self.events(c).filter(pk__gt=self.cutoff.last_event_id)
+        if c.days is not None:  # count == 1 here: "an event since ..." is "the last one since"
+            summary = summary.filter(last_at__gte=self.now - dt.timedelta(days=c.days))
+        if count > 1:
+            summary = summary.filter(count__gte=count)
+            if newer is not None:
+                before = CustomerEventSummary.objects.filter(
+                    customer_id=OuterRef("customer_id"), type=c.type
+                ).values("count")
+                newer = (
+                    newer.values("customer_id")
+                    .annotate(n=Count("*"))
+                    .annotate(total=F("n") + Coalesce(Subquery(before), 0))
+                    .filter(total__gte=count)
+                )
+        positive = c.op == "at_least"
+        if positive:
+            q = Q(pk__in=summary.values("customer_id"))
+            if newer is not None:
+                q |= Q(pk__in=newer.values("customer_id"))
+            return q
+        q = Q(~Exists(summary.filter(customer_id=OuterRef("pk"))))
+        if newer is not None:
+            if count > 1:
+                q &= Q(_NotInSubquery(newer.values("customer_id")))
+            else:
+                q &= Q(~Exists(newer.filter(customer_id=OuterRef("pk"))))
+        return q
 
     def segment(self, c: _SegmentCondition) -> Q:
         members = SegmentMembership.objects.filter(

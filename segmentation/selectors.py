@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import QuerySet
 
 from abtest.db import is_statement_timeout, postgres_local_settings
@@ -24,7 +24,12 @@ from segmentation.models import (
     SegmentKind,
     SegmentMembership,
 )
-from segmentation.rules import rule_catalogue, rule_compile, rule_referenced_segments
+from segmentation.rules import (
+    rule_catalogue,
+    rule_compile,
+    rule_has_event_conditions,
+    rule_referenced_segments,
+)
 
 # --- Segments ------------------------------------------------------------------------------
 
@@ -66,12 +71,13 @@ def segment_preview(
 ) -> SegmentPreview:
     """How many customers a rule matches now, and a few of them (the lowest ids).
 
-    One COUNT and one LIMIT query (plus one to resolve slugs when the rule names segments;
-    none at all for a rule that can match nobody), in one transaction with enough
+    One COUNT and one LIMIT query (plus one to resolve slugs when the rule names segments,
+    and one to read the event summary's cutoff when it has event conditions; no count at
+    all for a rule that can match nobody), in one transaction with enough
     memory for hashed subqueries and a time limit. Raises ``RuleError`` for an invalid rule
     and ``SegmentPreviewTooSlow`` when the database gives up.
     """
-    matches = Customer.objects.filter(rule_compile(rule, now=now))
+    matches = Customer.objects.filter(rule_compile(rule, now=now, event_summary=False))
     try:
         matches.query.sql_with_params()
     except EmptyResultSet:  # e.g. an empty "any": nobody, and no query to run
@@ -84,6 +90,9 @@ def segment_preview(
                 statement_timeout=f"{round(PREVIEW_TIMEOUT_SECONDS * 1000)}ms",
             ),
         ):
+            if connection.vendor == "postgresql" and rule_has_event_conditions(rule):
+                # With the event summary; its cutoff stays locked until the count is done.
+                matches = Customer.objects.filter(rule_compile(rule, now=now))
             count = matches.count()
             sample: list[PreviewCustomer] = []
             if count and sample_size > 0:

@@ -35,3 +35,12 @@ def refresh_scheduled_task() -> None:
     from segmentation.services.refresh import refresh_now
 
     refresh_now(trigger="schedule")
+
+
+@shared_task
+def event_summary_sync_task() -> None:
+    """Beat, every few minutes: fold new events into the event summary, so that rule previews
+    between hourly refreshes read few events beyond it (PostgreSQL; nothing on SQLite)."""
+    from segmentation.services.event_summary import event_summary_sync
+
+    event_summary_sync()

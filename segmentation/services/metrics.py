@@ -69,11 +69,19 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from abtest.errors import ServiceError
-from segmentation.models import Customer, CustomerMetrics, Event, Segment, SegmentKind
+from segmentation.models import (
+    Customer,
+    CustomerEventSummary,
+    CustomerMetrics,
+    Event,
+    Segment,
+    SegmentKind,
+)
 from segmentation.services.engagement import (
     engagement_model_active_definition,
     engagement_sql_compile,
 )
+from segmentation.services.event_summary import SummaryCutoff, event_summary_cutoff
 
 #: The steps of a recompute, in order. ``progress`` is called with each label once the step
 #: is done, and ``MetricsRecomputeResult.seconds`` is keyed by them.
@@ -349,15 +357,40 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
         type_params += [event_type, since_30d, event_type, since_90d]
     counts_30d = d.json_counts([("%s", f"g.n30_{i}") for i in range(len(types))])
     counts_90d = d.json_counts([("%s", f"g.n90_{i}") for i in range(len(types))])
-    select = f"""
-        SELECT g.customer_id, g.frequency, g.monetary, g.first_purchase_at,
-               g.last_purchase_at, g.last_activity_at,
-               {recency_sql} AS recency_days,
-               {activity_sql} AS days_since_last_activity,
-               {counts_30d} AS counts_30d,
-               {counts_90d} AS counts_90d,
-               g.events_30d, g.events_90d
-        FROM (
+    type_columns = "".join(", " + c for c in type_counts)
+    cutoff = event_summary_cutoff() if d.postgres else None
+    if cutoff is not None and (cutoff.max_occurred_at is None or cutoff.max_occurred_at <= as_of):
+        # All-time aggregates from the event summary (plus the events after its cutoff); only
+        # the 90-day window is read from the events.
+        grouped, grouped_params = _summarized_groups(
+            d, as_of=as_of, is_purchase=is_purchase.replace("e.type", "t.type"), cutoff=cutoff
+        )
+        type_names = [f"n30_{i}, n90_{i}" for i in range(len(types))]
+        grouped_sql = f"""
+            SELECT s.*, coalesce(w.events_30d, 0) AS events_30d,
+                   coalesce(w.events_90d, 0) AS events_90d
+                   {"".join(", w." + n.replace(", ", ", w.") for n in type_names)}
+            FROM ({grouped}) s
+            LEFT JOIN (
+                SELECT e.customer_id,
+                       count(*) FILTER (WHERE e.occurred_at > %s) AS events_30d,
+                       count(*) AS events_90d
+                       {type_columns}
+                FROM {Event._meta.db_table} e
+                WHERE e.occurred_at > %s AND e.occurred_at <= %s
+                GROUP BY e.customer_id
+            ) w ON w.customer_id = s.customer_id
+        """
+        group_params = [
+            *(purchase_types * 4),
+            *grouped_params,
+            since_30d,
+            *type_params,
+            since_90d,
+            d.datetime_param(as_of),
+        ]
+    else:
+        grouped_sql = f"""
             SELECT e.customer_id,
                    count(*) FILTER (WHERE {is_purchase}) AS frequency,
                    {d.monetary_sum(is_purchase)} AS monetary,
@@ -366,25 +399,66 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
                    max(e.occurred_at) AS last_activity_at,
                    count(*) FILTER (WHERE e.occurred_at > %s) AS events_30d,
                    count(*) FILTER (WHERE e.occurred_at > %s) AS events_90d
-                   {"".join(", " + c for c in type_counts)}
+                   {type_columns}
             FROM {Event._meta.db_table} e
             WHERE e.occurred_at <= %s
             GROUP BY e.customer_id
-        ) g
+        """
+        group_params = [
+            *(purchase_types * 4),
+            since_30d,
+            since_90d,
+            *type_params,
+            d.datetime_param(as_of),
+        ]
+    select = f"""
+        SELECT g.customer_id, g.frequency, g.monetary, g.first_purchase_at,
+               g.last_purchase_at, g.last_activity_at,
+               {recency_sql} AS recency_days,
+               {activity_sql} AS days_since_last_activity,
+               {counts_30d} AS counts_30d,
+               {counts_90d} AS counts_90d,
+               g.events_30d, g.events_90d
+        FROM ({grouped_sql}) g
         WHERE EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = g.customer_id)
     """
-    params = [
-        *recency_params,
-        *activity_params,
-        *types,
-        *types,
-        *(purchase_types * 4),
-        since_30d,
-        since_90d,
-        *type_params,
-        d.datetime_param(as_of),
-    ]
+    params = [*recency_params, *activity_params, *types, *types, *group_params]
     d.create_temp_table(cursor, "metrics_agg", select, params)
+
+
+def _summarized_groups(
+    d: _Dialect, *, as_of: datetime, is_purchase: str, cutoff: SummaryCutoff
+) -> tuple[str, list[Any]]:
+    """Per customer: purchase count, cents, first and last purchase and last activity, from
+    the event summary rows (``t``) and the events after its cutoff (none after as_of)."""
+    rows = (
+        f"SELECT customer_id, type, count, value_cents, first_at, last_at "
+        f"FROM {CustomerEventSummary._meta.db_table}"
+    )
+    params: list[Any] = []
+    if cutoff.newer:
+        rows += f"""
+            UNION ALL
+            SELECT e.customer_id, e.type, count(*), {d.monetary_sum("TRUE")},
+                   min(e.occurred_at), max(e.occurred_at)
+            FROM {Event._meta.db_table} e
+            WHERE e.id > %s AND e.occurred_at <= %s
+            GROUP BY e.customer_id, e.type
+        """
+        params += [cutoff.last_event_id, d.datetime_param(as_of)]
+    sql = f"""
+        SELECT t.customer_id,
+               CAST(coalesce(sum(t.count) FILTER (WHERE {is_purchase}), 0) AS BIGINT)
+                   AS frequency,
+               CAST(coalesce(sum(t.value_cents) FILTER (WHERE {is_purchase}), 0) AS BIGINT)
+                   AS monetary,
+               min(t.first_at) FILTER (WHERE {is_purchase}) AS first_purchase_at,
+               max(t.last_at) FILTER (WHERE {is_purchase}) AS last_purchase_at,
+               max(t.last_at) AS last_activity_at
+        FROM ({rows}) t
+        GROUP BY t.customer_id
+    """
+    return sql, params
 
 
 def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:

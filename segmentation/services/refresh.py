@@ -20,9 +20,12 @@ from django.utils import timezone
 from abtest.models import JobStatus
 from segmentation.models import RefreshRun, Segment
 from segmentation.services.bulk import analyze_if_stale
+from segmentation.services.event_summary import event_summary_sync
 from segmentation.services.metrics import METRIC_FAMILIES, metrics_recompute
 from segmentation.services.segments import segments_refresh_all
 
+#: The pipeline's first step: the event summary catches up with the events (PostgreSQL).
+SUMMARY_STEP = "Event summary"
 _LOCK_KEY = 7_320_001  # arbitrary, fixed: the refresh pipeline's advisory lock
 #: A pending or running run older than this is presumed dead (its worker stopped).
 STALE_AFTER = timedelta(hours=2)
@@ -129,7 +132,7 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter) -> None:
         run,
         status=JobStatus.RUNNING,
         started_at=timezone.now(),
-        steps_total=len(METRIC_FAMILIES) + segments_total,
+        steps_total=1 + len(METRIC_FAMILIES) + segments_total,
         steps_done=0,
         step="Starting",
         timings={},
@@ -147,6 +150,8 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter) -> None:
 
     try:
         analyze_if_stale("segmentation_customer", "segmentation_event")
+        event_summary_sync()
+        progress(SUMMARY_STEP)
         metrics_recompute(as_of=run.as_of, progress=progress)
         analyze_if_stale("segmentation_customermetrics", "segmentation_segmentmembership")
         segments_refresh_all(now=run.as_of, progress=progress)

@@ -10,8 +10,10 @@ from django.contrib import admin
 from django.urls import reverse
 
 from segmentation.models import (
+    CustomerEventSummary,
     CustomerMetrics,
     EngagementModel,
+    EventSummaryState,
     ImportJob,
     RefreshRun,
     Segment,
@@ -35,6 +37,15 @@ def records():
     SegmentSizeSnapshot.objects.create(segment=segment, date="2024-01-01", size=1, joined=1)
     ImportJob.objects.create(kind="customers", filename="x.csv")
     RefreshRun.objects.create(as_of="2024-01-01T00:00:00Z")
+    # Written by hand here (on SQLite nothing fills them).
+    CustomerEventSummary.objects.create(
+        customer=customer,
+        type="purchase",
+        count=1,
+        first_at="2024-01-01T00:00:00Z",
+        last_at="2024-01-01T00:00:00Z",
+    )
+    EventSummaryState.objects.update_or_create(pk=1, defaults={"last_event_id": 1})
     return customer
 
 
@@ -42,6 +53,8 @@ MODELS = [
     "customer",
     "event",
     "customermetrics",
+    "customereventsummary",
+    "eventsummarystate",
     "segment",
     "segmentmembership",
     "segmentsizesnapshot",

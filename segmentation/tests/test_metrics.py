@@ -33,6 +33,7 @@ from segmentation.tests.metrics_reference import (
     random_events,
     reference_metrics,
 )
+from segmentation.tests.summary_helpers import EVENT_SOURCES, use_event_source
 
 pytestmark = pytest.mark.django_db
 
@@ -139,15 +140,26 @@ def one_customer_with(events: list[tuple[str, timedelta, str | None]]) -> int:
 # --- exactness -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("source", EVENT_SOURCES)
 @pytest.mark.parametrize(
     ("seed", "purchase_types"),
     [(1, None), (2, ["purchase", "order"]), (3, None), (4, ["order", "Purchase"])],
 )
-def test_recompute_matches_reference_on_random_data(seed, purchase_types):
+def test_recompute_matches_reference_on_random_data(seed, purchase_types, source, monkeypatch):
     rng = random.Random(seed)
     ids = make_customers(160)
     events = random_events(rng, ids, orphan_id=max(ids) + 1000)
+    if source != "events":  # the summary serves as-ofs after every event it holds
+        events = [e for e in events if e.occurred_at <= AS_OF]
     save_events(events)
+    use_event_source(source)
+    summarized = []
+    real = metrics_module._summarized_groups
+    monkeypatch.setattr(
+        metrics_module,
+        "_summarized_groups",
+        lambda *a, **kw: summarized.append(kw["cutoff"]) or real(*a, **kw),
+    )
     emails = {cid: (rng.randrange(9), rng.randrange(6), rng.randrange(7)) for cid in ids[::2]}
     set_emails(emails)
 
@@ -163,6 +175,9 @@ def test_recompute_matches_reference_on_random_data(seed, purchase_types):
         emails=emails,
     )
     assert_matches(expected, stored())
+    assert bool(summarized) == (source != "events")
+    if summarized:
+        assert summarized[0].newer == (source == "summary+newer")
     scored = [row for row in expected.values() if row["frequency"] > 0]
     assert result.customers == len(ids)
     assert result.scored == len(scored)
@@ -672,3 +687,16 @@ def test_default_rfm_segments_are_valid():
     for _, rule in DEFAULT_SEGMENTS:
         rfm_segment_rule_validate(rule)
     assert rfm_segments_in_db() == DEFAULT_SEGMENTS
+
+
+@pytest.mark.postgres
+def test_a_summary_holding_events_after_as_of_is_not_used(require_postgres, monkeypatch):
+    """A historical as-of reads the events: the summary would count later ones."""
+    customer = one_customer_with([("purchase", timedelta(days=2), "10.00")])
+    Event.objects.create(customer_id=customer, type="purchase", occurred_at=AS_OF + DAY)
+    use_event_source("summary")
+    monkeypatch.setattr(
+        metrics_module, "_summarized_groups", lambda *a, **kw: pytest.fail("summary used")
+    )
+    metrics_recompute(as_of=AS_OF)
+    assert stored()[customer]["frequency"] == 1

@@ -43,7 +43,7 @@ def test_a_run_recomputes_metrics_then_every_segment_and_records_progress(shop):
     assert run.status == JobStatus.SUCCEEDED, run.message
     run.refresh_from_db()
     segments = Segment.objects.exclude(kind="static").count()
-    assert run.steps_total == len(METRIC_FAMILIES) + segments
+    assert run.steps_total == 1 + len(METRIC_FAMILIES) + segments
     assert run.steps_done == run.steps_total and run.percent == 100
     assert set(METRIC_FAMILIES) <= set(run.timings)
     assert "Segment Repeat buyers (repeat-buyers)" in run.timings
@@ -128,3 +128,21 @@ def test_recompute_command(shop):
     assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11
     with pytest.raises(CommandError, match="not an ISO 8601"):
         call_command("recompute_segments", "--as-of", "last tuesday")
+
+
+def test_recompute_command_can_rebuild_the_event_summary(shop):
+    from django.db import connection
+
+    from segmentation.models import CustomerEventSummary
+
+    out = io.StringIO()
+    call_command(
+        "recompute_segments", "--as-of", "2024-07-01", "--rebuild-event-summary", stdout=out
+    )
+    assert "done as of 2024-07-01" in out.getvalue()
+    if connection.vendor == "postgresql":
+        assert "Event summary rebuilt from" in out.getvalue()
+        assert CustomerEventSummary.objects.exists()
+    else:
+        assert "nothing to do" in out.getvalue()
+    assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11

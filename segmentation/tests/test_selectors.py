@@ -117,7 +117,7 @@ def test_a_preview_that_takes_too_long_is_stopped_with_a_clear_error(
     from segmentation import selectors
 
     slow = Q(pk__in=RawSQL("SELECT id FROM segmentation_customer, pg_sleep(0.5)", []))
-    monkeypatch.setattr(selectors, "rule_compile", lambda rule, now=None: slow)
+    monkeypatch.setattr(selectors, "rule_compile", lambda rule, now=None, **kw: slow)
     monkeypatch.setattr(selectors, "PREVIEW_TIMEOUT_SECONDS", 0.05)
     with pytest.raises(SegmentPreviewTooSlow, match="took longer than 0.05 seconds") as caught:
         segment_preview(rule={"all": []})

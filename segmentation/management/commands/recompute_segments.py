@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from abtest.models import JobStatus
+from segmentation.services.event_summary import event_summary_sync
 from segmentation.services.refresh import refresh_now
 
 
@@ -28,8 +29,22 @@ class Command(BaseCommand):
             default=None,
             help="Compute as of this moment (ISO 8601; naive means UTC). Default: now.",
         )
+        parser.add_argument(
+            "--rebuild-event-summary",
+            action="store_true",
+            help="First rebuild the per-customer event summary from all events (PostgreSQL).",
+        )
 
-    def handle(self, *args, as_of: datetime | None, **options):
+    def handle(self, *args, as_of: datetime | None, rebuild_event_summary: bool, **options):
+        if rebuild_event_summary:
+            result = event_summary_sync(rebuild=True)
+            if result is None:
+                self.stdout.write("No event summary on this database (SQLite): nothing to do.")
+            else:
+                self.stdout.write(
+                    f"Event summary rebuilt from {result.events:,} events "
+                    f"in {result.seconds:.1f} s."
+                )
         run = refresh_now(as_of=as_of, trigger="command")
         for step, seconds in run.timings.items():
             self.stdout.write(f"  {step}: {seconds:.2f} s")

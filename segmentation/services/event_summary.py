@@ -1,0 +1,226 @@
+"""The per-customer, per-type event summary (PostgreSQL): counts, values, first and last times.
+
+``CustomerEventSummary`` holds, for every customer and event type, the number of events, the
+sum of their values (integer cents) and the first and last ``occurred_at``, over the events up
+to ``EventSummaryState.last_event_id`` (the *cutoff*). Rule conditions over all time ("never
+purchased", "fewer than 2 purchases", "a session in the last 90 days") and the all-time
+metrics read it instead of aggregating every event again; they add the events after the
+cutoff, which are few because the refresh pipeline (and a short periodic task) moves the
+cutoff forward with :func:`event_summary_sync`.
+
+Why the cutoff is safe: event ids come from a sequence, so a transaction still inserting
+could hold an id below the largest committed one. Every statement that inserts events takes
+a shared advisory lock first (a statement trigger, migration 0006), and the sync reads the
+largest id while holding that lock exclusively for an instant: at that moment no insert is in
+flight, so every id up to the cutoff is committed and none can appear later.
+
+Updates and deletes of events (an admin fix, a customer deleted) recompute the summary of the
+customers they touch, in the same transaction (statement triggers with transition tables), so
+the summary never counts an event that is gone. A ``TRUNCATE`` of the events empties it.
+:data:`REWRITE_LOCK_KEY` serializes those rewrites with the sync.
+
+On SQLite (development) there is no summary: rules and metrics read the events directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from abtest.db import postgres_local_settings
+from segmentation.models import CustomerEventSummary, Event, EventSummaryState
+
+#: Shared by every statement inserting events (trigger); taken exclusively by the sync for the
+#: instant it reads the largest event id. Keep in step with migration 0006.
+INSERT_LOCK_KEY = 7_320_101
+#: Serializes the sync with the triggers that rewrite the summary after updates and deletes.
+REWRITE_LOCK_KEY = 7_320_102
+
+STATE_ID = 1
+#: For the sync's transaction: room for the grouping's hash table.
+POSTGRES_SETTINGS = {"work_mem": "256MB"}
+
+
+def event_summary_enabled() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@dataclass(frozen=True)
+class SummaryCutoff:
+    """How far the summary goes: events with ``id <= last_event_id`` are in it; ``newer`` says
+    whether any event after the cutoff exists (readers then add those)."""
+
+    last_event_id: int
+    newer: bool
+    max_occurred_at: datetime | None
+
+
+def event_summary_cutoff(*, lock: bool = True) -> SummaryCutoff | None:
+    """The summary's cutoff, or None when there is no summary to read (SQLite, never synced).
+
+    With ``lock`` (inside a transaction) the state row is share-locked until the transaction
+    ends, so a sync cannot move the cutoff between this read and the caller's queries.
+    """
+    if not event_summary_enabled():
+        return None
+    share = " FOR SHARE OF s" if lock and connection.in_atomic_block else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT s.last_event_id, s.max_occurred_at, EXISTS ("
+            f"SELECT 1 FROM {Event._meta.db_table} e WHERE e.id > s.last_event_id) "
+            f"FROM {EventSummaryState._meta.db_table} s WHERE s.id = %s{share}",
+            [STATE_ID],
+        )
+        row = cursor.fetchone()
+    if row is None or not row[0]:
+        return None
+    last_event_id, max_occurred_at, newer = row
+    return SummaryCutoff(last_event_id, bool(newer), max_occurred_at)
+
+
+@dataclass(frozen=True)
+class SummarySyncResult:
+    previous_event_id: int
+    last_event_id: int
+    events: int  # events folded in (all of them on a rebuild)
+    rebuilt: bool
+    seconds: float
+
+
+_AGGREGATE_SQL = """
+SELECT e.customer_id, e.type, count(*) AS count,
+       coalesce(sum(CAST(e.value * 100 AS BIGINT)), 0) AS value_cents,
+       min(e.occurred_at) AS first_at, max(e.occurred_at) AS last_at
+FROM {events} e
+WHERE e.id > %(after)s AND e.id <= %(upto)s
+GROUP BY e.customer_id, e.type
+"""
+
+_FOLD_SQL = """
+INSERT INTO {summary} AS s (customer_id, type, count, value_cents, first_at, last_at)
+{aggregate}
+ORDER BY 1, 2
+ON CONFLICT (customer_id, type) DO UPDATE SET
+    count = s.count + EXCLUDED.count,
+    value_cents = s.value_cents + EXCLUDED.value_cents,
+    first_at = least(s.first_at, EXCLUDED.first_at),
+    last_at = greatest(s.last_at, EXCLUDED.last_at)
+"""
+
+
+@contextmanager
+def _secondary_indexes_dropped(cursor, table: str) -> Iterator[None]:
+    """Drop the table's indexes and unique constraints except the primary key, and create
+    them again from their saved definitions at the end of the block (same transaction)."""
+    cursor.execute(
+        """
+        SELECT i.relname, pg_get_indexdef(i.oid), c.conname, pg_get_constraintdef(c.oid)
+        FROM pg_index x
+        JOIN pg_class i ON i.oid = x.indexrelid
+        LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
+        WHERE x.indrelid = CAST(%s AS regclass) AND NOT x.indisprimary
+        ORDER BY i.relname
+        """,
+        [table],
+    )
+    saved = cursor.fetchall()
+    qn = connection.ops.quote_name
+    for index, _, constraint, _ in saved:
+        if constraint:
+            cursor.execute(f"ALTER TABLE {qn(table)} DROP CONSTRAINT {qn(constraint)}")
+        else:
+            cursor.execute(f"DROP INDEX {qn(index)}")
+    yield
+    for _, index_sql, constraint, constraint_sql in saved:
+        if constraint:
+            cursor.execute(
+                f"ALTER TABLE {qn(table)} ADD CONSTRAINT {qn(constraint)} {constraint_sql}"
+            )
+        else:
+            cursor.execute(index_sql)
+
+
+def _largest_committed_id(cursor) -> int:
+    """The largest event id, read while no insert is in flight (see the module docstring)."""
+    cursor.execute("SELECT pg_advisory_lock(%s)", [INSERT_LOCK_KEY])
+    try:
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {Event._meta.db_table}")
+        return int(cursor.fetchone()[0])
+    finally:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [INSERT_LOCK_KEY])
+
+
+def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
+    """Bring the summary up to the latest committed event; None on SQLite.
+
+    Folds the events after the cutoff in (one grouped upsert), or with ``rebuild`` (or the
+    first time) recomputes the whole summary. Safe to run at any time and concurrently with
+    ingestion; two syncs simply take turns.
+    """
+    if not event_summary_enabled():
+        return None
+    started = time.perf_counter()
+    summary = CustomerEventSummary._meta.db_table
+    events = Event._meta.db_table
+    with (
+        transaction.atomic(),
+        postgres_local_settings(**POSTGRES_SETTINGS),
+        connection.cursor() as cursor,
+    ):
+        upto = _largest_committed_id(cursor)
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REWRITE_LOCK_KEY])
+        state, _ = EventSummaryState.objects.select_for_update().get_or_create(pk=STATE_ID)
+        after = state.last_event_id
+        rebuilt = rebuild or after == 0
+        if rebuilt:
+            cursor.execute(f"TRUNCATE {summary}")
+            after = 0
+        elif upto <= after:
+            return SummarySyncResult(after, after, 0, False, time.perf_counter() - started)
+        aggregate = _AGGREGATE_SQL.format(events=events)
+        params = {"after": after, "upto": upto}
+        if rebuilt:
+            # Loading a million rows and then building each index is several times faster
+            # than maintaining the indexes row by row.
+            with _secondary_indexes_dropped(cursor, summary):
+                cursor.execute(
+                    f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
+                    f"last_at) {aggregate}",
+                    params,
+                )
+        else:
+            cursor.execute(_FOLD_SQL.format(summary=summary, aggregate=aggregate), params)
+        if rebuilt:  # the summary is much smaller than the events
+            cursor.execute(f"SELECT sum(count), max(last_at) FROM {summary}")
+        else:
+            cursor.execute(
+                f"SELECT count(*), max(occurred_at) FROM {events} WHERE id > %s AND id <= %s",
+                [after, upto],
+            )
+        folded, newest = cursor.fetchone()
+        previous_newest = None if rebuilt else state.max_occurred_at
+        if previous_newest is None or (newest is not None and newest > previous_newest):
+            state.max_occurred_at = newest
+        state.last_event_id = upto
+        state.synced_at = timezone.now()
+        state.save()
+    if rebuilt:
+        with connection.cursor() as cursor:
+            # Statistics for the planner, and the visibility map for index-only scans (VACUUM
+            # cannot run inside a transaction; autovacuum gets there otherwise).
+            cursor.execute(
+                f"{'ANALYZE' if connection.in_atomic_block else 'VACUUM (ANALYZE)'} {summary}"
+            )
+    return SummarySyncResult(
+        previous_event_id=0 if rebuilt else after,
+        last_event_id=upto,
+        events=int(folded or 0),
+        rebuilt=rebuilt,
+        seconds=round(time.perf_counter() - started, 4),
+    )
