@@ -906,6 +906,8 @@ class RefreshFigures:
 
 #: What a refresh writes (emptied to start from "never refreshed").
 DERIVED_TABLES = (
+    "segmentation_customereventsummary",
+    "segmentation_eventsummarystate",
     "segmentation_customermetrics",
     "segmentation_segmentmembership",
     "segmentation_segmentsizesnapshot",
