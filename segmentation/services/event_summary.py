@@ -69,18 +69,21 @@ def event_summary_cutoff(*, lock: bool = True) -> SummaryCutoff | None:
     """
     if not event_summary_enabled():
         return None
-    share = " FOR SHARE OF s" if lock and connection.in_atomic_block else ""
+    share = " FOR SHARE" if lock and connection.in_atomic_block else ""
+    # max(id) is one probe of the primary key; "EXISTS (... WHERE id > cutoff)" with the
+    # cutoff from the row would be planned as a scan of every event when there is none.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT s.last_event_id, s.max_occurred_at, EXISTS ("
-            f"SELECT 1 FROM {Event._meta.db_table} e WHERE e.id > s.last_event_id) "
+            f"SELECT s.last_event_id, s.max_occurred_at, "
+            f"(SELECT max(e.id) FROM {Event._meta.db_table} e) "
             f"FROM {EventSummaryState._meta.db_table} s WHERE s.id = %s{share}",
             [STATE_ID],
         )
         row = cursor.fetchone()
     if row is None or not row[0]:
         return None
-    last_event_id, max_occurred_at, newer = row
+    last_event_id, max_occurred_at, largest = row
+    newer = largest is not None and largest > last_event_id
     return SummaryCutoff(last_event_id, bool(newer), max_occurred_at)
 
 
