@@ -61,15 +61,15 @@ class SummaryCutoff:
     max_occurred_at: datetime | None
 
 
-def event_summary_cutoff(*, lock: bool = True) -> SummaryCutoff | None:
+def event_summary_cutoff() -> SummaryCutoff | None:
     """The summary's cutoff, or None when there is no summary to read (SQLite, never synced).
 
-    With ``lock`` (inside a transaction) the state row is share-locked until the transaction
-    ends, so a sync cannot move the cutoff between this read and the caller's queries.
+    Inside a transaction the state row is share-locked until the transaction ends, so a sync
+    cannot move the cutoff between this read and the caller's queries.
     """
     if not event_summary_enabled():
         return None
-    share = " FOR SHARE" if lock and connection.in_atomic_block else ""
+    share = " FOR SHARE" if connection.in_atomic_block else ""
     # max(id) is one probe of the primary key; "EXISTS (... WHERE id > cutoff)" with the
     # cutoff from the row would be planned as a scan of every event when there is none.
     with connection.cursor() as cursor:

@@ -365,11 +365,11 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
         grouped, grouped_params = _summarized_groups(
             d, as_of=as_of, is_purchase=is_purchase.replace("e.type", "t.type"), cutoff=cutoff
         )
-        type_names = [f"n30_{i}, n90_{i}" for i in range(len(types))]
+        window_columns = "".join(f", w.n30_{i}, w.n90_{i}" for i in range(len(types)))
         grouped_sql = f"""
             SELECT s.*, coalesce(w.events_30d, 0) AS events_30d,
                    coalesce(w.events_90d, 0) AS events_90d
-                   {"".join(", w." + n.replace(", ", ", w.") for n in type_names)}
+                   {window_columns}
             FROM ({grouped}) s
             LEFT JOIN (
                 SELECT e.customer_id,
