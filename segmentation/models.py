@@ -172,6 +172,44 @@ class EventSummaryState(models.Model):
         return f"events summarized up to #{self.last_event_id}"
 
 
+class MetricsState(models.Model):
+    """The single row saying what the last metrics recompute read (PostgreSQL).
+
+    With it the next recompute redoes the aggregates of only the customers whose events
+    changed since (``segmentation.services.metrics``); ``last_event_id = 0`` forces a full
+    recompute.
+    """
+
+    as_of = models.DateTimeField(null=True, blank=True)
+    #: Every event with an id up to this one was read by that recompute.
+    last_event_id = models.BigIntegerField(default=0)
+    purchase_types = models.JSONField(default=list, blank=True)
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "metrics state"
+
+    def __str__(self) -> str:
+        return f"metrics as of {self.as_of}, events up to #{self.last_event_id}"
+
+
+class StaleCustomerMetrics(models.Model):
+    """Customers whose events were updated or deleted since the last metrics recompute.
+
+    Filled by the events' update and delete triggers (migration 0007), emptied by the next
+    recompute, which redoes their aggregates.
+    """
+
+    customer_id = models.BigIntegerField(primary_key=True)
+
+    class Meta:
+        verbose_name = "stale customer metrics"
+        verbose_name_plural = "stale customer metrics"
+
+    def __str__(self) -> str:
+        return f"metrics of customer {self.customer_id} to redo"
+
+
 class CustomerMetrics(models.Model):
     """One row per customer, recomputed by ``segmentation.services.metrics``."""
 
@@ -192,6 +230,9 @@ class CustomerMetrics(models.Model):
     last_activity_at = models.DateTimeField(null=True, blank=True)
     event_counts_30d = models.JSONField(default=dict, blank=True)
     event_counts_90d = models.JSONField(default=dict, blank=True)
+    #: Events of every type in the last 30 and 90 days (the sums of the two objects above).
+    events_30d = models.IntegerField(default=0)
+    events_90d = models.IntegerField(default=0)
     emails_sent = models.IntegerField(default=0)
     emails_opened = models.IntegerField(default=0)
     emails_clicked = models.IntegerField(default=0)

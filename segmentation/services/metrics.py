@@ -74,8 +74,10 @@ from segmentation.models import (
     CustomerEventSummary,
     CustomerMetrics,
     Event,
+    MetricsState,
     Segment,
     SegmentKind,
+    StaleCustomerMetrics,
 )
 from segmentation.services.engagement import (
     engagement_model_active_definition,
@@ -95,6 +97,12 @@ _AGGREGATES, _SCORES, _ENGAGEMENT, _WRITE = METRIC_FAMILIES
 
 #: Type/count pairs per JSON-building call (PostgreSQL functions take at most 100 arguments).
 _JSON_PAIRS_PER_CALL = 40
+
+#: An incremental recompute may move the as-of on by at most this much (further, recomputing
+#: everyone is about as fast: most customers would be stale).
+INCREMENTAL_MAX_STEP = timedelta(days=7)
+#: The id of the single ``MetricsState`` row.
+STATE_ID = 1
 
 #: Windows of ``event_counts_30d`` / ``event_counts_90d``.
 WINDOW_30D = timedelta(days=30)
@@ -121,6 +129,8 @@ _WRITTEN_COLUMNS = (
     "last_activity_at",
     "event_counts_30d",
     "event_counts_90d",
+    "events_30d",
+    "events_90d",
     "r_score",
     "f_score",
     "m_score",
@@ -137,7 +147,9 @@ class MetricsRecomputeResult:
     ``customers``: customers (each now has exactly one metrics row); ``scored``: customers
     with at least one purchase (N); ``inserted``: metrics rows created; ``rows_changed``:
     rows inserted or whose values changed (0 when nothing changed since the last run at the
-    same as-of); ``seconds``: duration of each step of :data:`METRIC_FAMILIES`.
+    same as-of); ``incremental``: whether only some customers' aggregates were recomputed
+    (``recomputed`` of them; everyone's otherwise); ``seconds``: duration of each step of
+    :data:`METRIC_FAMILIES`.
     """
 
     as_of: datetime
@@ -145,6 +157,8 @@ class MetricsRecomputeResult:
     scored: int
     inserted: int
     rows_changed: int
+    recomputed: int = 0
+    incremental: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -332,13 +346,24 @@ def _window_types(cursor, d: _Dialect, *, as_of: datetime) -> list[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: list[str]) -> None:
+def _step_aggregates(
+    cursor,
+    d: _Dialect,
+    *,
+    as_of: datetime,
+    purchase_types: list[str],
+    cutoff: SummaryCutoff | None,
+    only: str | None = None,
+    into: str = "metrics_agg",
+) -> None:
     """Families 1 and 2 in one scan of the events: purchase and activity aggregates, and the
-    per-type event counts over the 30 and 90 days up to as_of.
+    per-type event counts over the 30 and 90 days up to as_of, into the temporary table
+    ``into``.
 
     The types are known beforehand (``_window_types``), so each count is a filtered aggregate
     of the one per-customer group. Events of customers that no longer exist are dropped here,
-    so they never count.
+    so they never count. ``only`` names a temporary table of ``customer_id``: then only those
+    customers are aggregated (an incremental recompute; it needs the event summary).
     """
     placeholders = ", ".join(["%s"] * len(purchase_types))
     is_purchase = f"e.type IN ({placeholders})"
@@ -358,12 +383,18 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
     counts_30d = d.json_counts([("%s", f"g.n30_{i}") for i in range(len(types))])
     counts_90d = d.json_counts([("%s", f"g.n90_{i}") for i in range(len(types))])
     type_columns = "".join(", " + c for c in type_counts)
-    cutoff = event_summary_cutoff() if d.postgres else None
-    if cutoff is not None and (cutoff.max_occurred_at is None or cutoff.max_occurred_at <= as_of):
+    if _summary_usable(cutoff, as_of):
         # All-time aggregates from the event summary (plus the events after its cutoff); only
         # the 90-day window is read from the events.
+        restrict = (
+            f" AND e.customer_id IN (SELECT x.customer_id FROM {d.temp}.{only} x)" if only else ""
+        )
         grouped, grouped_params = _summarized_groups(
-            d, as_of=as_of, is_purchase=is_purchase.replace("e.type", "t.type"), cutoff=cutoff
+            d,
+            as_of=as_of,
+            is_purchase=is_purchase.replace("e.type", "t.type"),
+            cutoff=cutoff,
+            only=only,
         )
         window_columns = "".join(f", w.n30_{i}, w.n90_{i}" for i in range(len(types)))
         grouped_sql = f"""
@@ -377,7 +408,7 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
                        count(*) AS events_90d
                        {type_columns}
                 FROM {Event._meta.db_table} e
-                WHERE e.occurred_at > %s AND e.occurred_at <= %s
+                WHERE e.occurred_at > %s AND e.occurred_at <= %s{restrict}
                 GROUP BY e.customer_id
             ) w ON w.customer_id = s.customer_id
         """
@@ -390,6 +421,8 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
             d.datetime_param(as_of),
         ]
     else:
+        if only:
+            raise ServiceError("An incremental recompute needs the event summary.")
         grouped_sql = f"""
             SELECT e.customer_id,
                    count(*) FILTER (WHERE {is_purchase}) AS frequency,
@@ -423,17 +456,28 @@ def _step_aggregates(cursor, d: _Dialect, *, as_of: datetime, purchase_types: li
         WHERE EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = g.customer_id)
     """
     params = [*recency_params, *activity_params, *types, *types, *group_params]
-    d.create_temp_table(cursor, "metrics_agg", select, params)
+    d.create_temp_table(cursor, into, select, params)
+
+
+def _summary_usable(cutoff: SummaryCutoff | None, as_of: datetime) -> bool:
+    """Whether the all-time aggregates at as_of can be read from the event summary: it exists
+    and holds no event after as_of (a historical as-of reads the events)."""
+    return cutoff is not None and (
+        cutoff.max_occurred_at is None or cutoff.max_occurred_at <= as_of
+    )
 
 
 def _summarized_groups(
-    d: _Dialect, *, as_of: datetime, is_purchase: str, cutoff: SummaryCutoff
+    d: _Dialect, *, as_of: datetime, is_purchase: str, cutoff: SummaryCutoff, only: str | None
 ) -> tuple[str, list[Any]]:
     """Per customer: purchase count, cents, first and last purchase and last activity, from
-    the event summary rows (``t``) and the events after its cutoff (none after as_of)."""
+    the event summary rows (``t``) and the events after its cutoff (none after as_of); only
+    of the customers in the temporary table ``only`` when given."""
+    restrict = f" IN (SELECT x.customer_id FROM {d.temp}.{only} x)" if only else ""
     rows = (
         f"SELECT customer_id, type, count, value_cents, first_at, last_at "
         f"FROM {CustomerEventSummary._meta.db_table}"
+        + (f" WHERE customer_id{restrict}" if only else "")
     )
     params: list[Any] = []
     if cutoff.newer:
@@ -442,7 +486,7 @@ def _summarized_groups(
             SELECT e.customer_id, e.type, count(*), {d.monetary_sum("TRUE")},
                    min(e.occurred_at), max(e.occurred_at)
             FROM {Event._meta.db_table} e
-            WHERE e.id > %s AND e.occurred_at <= %s
+            WHERE e.id > %s AND e.occurred_at <= %s{" AND e.customer_id" + restrict if only else ""}
             GROUP BY e.customer_id, e.type
         """
         params += [cutoff.last_event_id, d.datetime_param(as_of)]
@@ -459,6 +503,151 @@ def _summarized_groups(
         GROUP BY t.customer_id
     """
     return sql, params
+
+
+@dataclass(frozen=True)
+class _Increment:
+    """What an incremental recompute starts from: the previous recompute's as-of and the
+    last event id it had read (all smaller ids included)."""
+
+    previous_as_of: datetime
+    after_event_id: int
+
+
+def _increment_plan(
+    *,
+    d: _Dialect,
+    as_of: datetime,
+    purchase_types: list[str],
+    cutoff: SummaryCutoff | None,
+    full: bool,
+) -> _Increment | None:
+    """An incremental recompute is possible when the previous one left its state, used the
+    same purchase types, was at most :data:`INCREMENTAL_MAX_STEP` before as_of (never after),
+    and the event summary can serve as_of and has not moved back (a ``TRUNCATE`` of the
+    events resets both). Otherwise None: recompute everyone."""
+    if full or not d.postgres or not _summary_usable(cutoff, as_of):
+        return None
+    state = MetricsState.objects.select_for_update().filter(pk=STATE_ID).first()
+    if (
+        state is None
+        or not state.last_event_id
+        or state.as_of is None
+        or state.purchase_types != purchase_types
+        or cutoff.last_event_id < state.last_event_id
+        or not state.as_of <= as_of <= state.as_of + INCREMENTAL_MAX_STEP
+    ):
+        return None
+    return _Increment(previous_as_of=state.as_of, after_event_id=state.last_event_id)
+
+
+def _types_cte() -> str:
+    """``t(type)``: every event type, by skipping through the (type, occurred_at) index."""
+    events = Event._meta.db_table
+    return f"""t(type) AS (
+        SELECT min(type) FROM {events}
+        UNION ALL
+        SELECT (SELECT min(e.type) FROM {events} e WHERE e.type > t.type) FROM t
+        WHERE t.type IS NOT NULL
+    )"""
+
+
+def _step_stale(cursor, d: _Dialect, *, as_of: datetime, increment: _Increment) -> int:
+    """The customers whose aggregates may differ from their stored row, into the temporary
+    table ``metrics_stale``; returns their number.
+
+    A customer's aggregates at as_of equal those at the previous as-of unless one of their
+    events was added since (id after the previous run's last), was updated or deleted (the
+    triggers list them in ``StaleCustomerMetrics``, claimed here), occurred between the two
+    as-ofs, or left the 30- or 90-day window between them; or the customer has no computed
+    row yet. Recency and days since the last activity follow from the stored times.
+    """
+    events = Event._meta.db_table
+    metrics = CustomerMetrics._meta.db_table
+    previous = increment.previous_as_of
+    parts = [f"SELECT e.customer_id FROM {events} e WHERE e.id > %s"]
+    params: list[Any] = [increment.after_event_id]
+    for window in (timedelta(0), WINDOW_30D, WINDOW_90D):
+        if previous < as_of:
+            parts.append(
+                f"SELECT e.customer_id FROM t JOIN {events} e ON e.type = t.type "
+                "AND e.occurred_at > %s AND e.occurred_at <= %s"
+            )
+            params += [d.datetime_param(previous - window), d.datetime_param(as_of - window)]
+    parts.append(
+        f"SELECT c.id FROM {Customer._meta.db_table} c WHERE NOT EXISTS ("
+        f"SELECT 1 FROM {metrics} m WHERE m.customer_id = c.id AND m.computed_at IS NOT NULL)"
+    )
+    union = " UNION ALL ".join(parts)
+    d.create_temp_table(
+        cursor, "metrics_stale_found", f"WITH RECURSIVE {_types_cte()} {union}", params
+    )
+    cursor.execute(
+        f"WITH claimed AS (DELETE FROM {StaleCustomerMetrics._meta.db_table} "
+        "RETURNING customer_id) "
+        f"INSERT INTO {d.temp}.metrics_stale_found SELECT customer_id FROM claimed"
+    )
+    d.create_temp_table(
+        cursor,
+        "metrics_stale",
+        f"SELECT DISTINCT customer_id FROM {d.temp}.metrics_stale_found",
+        [],
+    )
+    d.drop_temp_table(cursor, "metrics_stale_found")
+    d.analyze_temp_table(cursor, "metrics_stale")
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_stale")
+    return int(cursor.fetchone()[0])
+
+
+def _step_aggregates_incremental(
+    cursor,
+    d: _Dialect,
+    *,
+    as_of: datetime,
+    purchase_types: list[str],
+    cutoff: SummaryCutoff,
+    increment: _Increment,
+) -> int:
+    """``metrics_agg`` as :func:`_step_aggregates` makes it, with the aggregates of only the
+    stale customers recomputed and everyone else's read back from their stored row (recency
+    and days since the last activity recomputed at as_of). Returns the stale customers."""
+    stale = _step_stale(cursor, d, as_of=as_of, increment=increment)
+    _step_aggregates(
+        cursor,
+        d,
+        as_of=as_of,
+        purchase_types=purchase_types,
+        cutoff=cutoff,
+        only="metrics_stale",
+        into="metrics_agg_stale",
+    )
+    recency_sql, recency_params = d.whole_days_before(as_of, "m.last_purchase_at")
+    activity_sql, activity_params = d.whole_days_before(as_of, "m.last_activity_at")
+    select = f"""
+        SELECT m.customer_id, CAST(m.frequency AS BIGINT) AS frequency,
+               CAST(m.monetary * 100 AS BIGINT) AS monetary,
+               m.first_purchase_at, m.last_purchase_at, m.last_activity_at,
+               {recency_sql} AS recency_days,
+               {activity_sql} AS days_since_last_activity,
+               m.event_counts_30d AS counts_30d, m.event_counts_90d AS counts_90d,
+               CAST(m.events_30d AS BIGINT) AS events_30d,
+               CAST(m.events_90d AS BIGINT) AS events_90d
+        FROM {CustomerMetrics._meta.db_table} m
+        WHERE m.computed_at IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM {d.temp}.metrics_stale x
+                          WHERE x.customer_id = m.customer_id)
+          AND EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)
+        UNION ALL
+        SELECT a.customer_id, a.frequency, a.monetary, a.first_purchase_at,
+               a.last_purchase_at, a.last_activity_at, a.recency_days,
+               a.days_since_last_activity, a.counts_30d, a.counts_90d,
+               a.events_30d, a.events_90d
+        FROM {d.temp}.metrics_agg_stale a
+    """
+    d.create_temp_table(cursor, "metrics_agg", select, [*recency_params, *activity_params])
+    for name in ("metrics_stale", "metrics_agg_stale"):
+        d.drop_temp_table(cursor, name)
+    return stale
 
 
 def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
@@ -621,6 +810,7 @@ def metrics_recompute(
     as_of: datetime,
     purchase_types: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    full: bool = False,
 ) -> MetricsRecomputeResult:
     """Recompute every customer's metrics, RFM scores and segment, and engagement tier.
 
@@ -667,7 +857,32 @@ def metrics_recompute(
         definition = engagement_model_active_definition()
         computed_at = timezone.now()
 
-        run(_AGGREGATES, lambda: _step_aggregates(cursor, d, as_of=as_of, purchase_types=types))
+        cutoff = event_summary_cutoff() if d.postgres else None
+        increment = _increment_plan(
+            d=d, as_of=as_of, purchase_types=types, cutoff=cutoff, full=full
+        )
+        if increment is not None:
+            recomputed = run(
+                _AGGREGATES,
+                lambda: _step_aggregates_incremental(
+                    cursor,
+                    d,
+                    as_of=as_of,
+                    purchase_types=types,
+                    cutoff=cutoff,
+                    increment=increment,
+                ),
+            )
+        else:
+            if d.postgres:  # everyone is recomputed: the list of rewritten customers is moot
+                cursor.execute(f"DELETE FROM {StaleCustomerMetrics._meta.db_table}")
+            run(
+                _AGGREGATES,
+                lambda: _step_aggregates(
+                    cursor, d, as_of=as_of, purchase_types=types, cutoff=cutoff
+                ),
+            )
+            recomputed = None
         scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments))
         run(_ENGAGEMENT, lambda: _step_engagement(cursor, d, definition=definition))
         inserted, changed = run(
@@ -675,6 +890,18 @@ def metrics_recompute(
         )
         cursor.execute(f"SELECT count(*) FROM {Customer._meta.db_table}")
         customers = int(cursor.fetchone()[0])
+        if d.postgres:
+            MetricsState.objects.update_or_create(
+                pk=STATE_ID,
+                defaults={
+                    "as_of": as_of,
+                    # Every event up to the summary's cutoff was committed before this
+                    # recompute began (see event_summary), so it has been read.
+                    "last_event_id": cutoff.last_event_id if cutoff is not None else 0,
+                    "purchase_types": types,
+                    "computed_at": computed_at,
+                },
+            )
         for name in ("metrics_agg", "metrics_scores", "metrics_new"):
             d.drop_temp_table(cursor, name)
         if d.postgres:
@@ -687,5 +914,7 @@ def metrics_recompute(
         scored=scored,
         inserted=inserted,
         rows_changed=changed,
+        recomputed=customers if recomputed is None else recomputed,
+        incremental=recomputed is not None,
         seconds=seconds,
     )
