@@ -250,6 +250,8 @@ class CustomerMetrics(models.Model):
         indexes = [
             # RFM grid cells, and a cell's customers newest first without a sort.
             models.Index(fields=["r_score", "f_score", "customer"], name="metrics_rf"),
+            # An RFM segment's members, read by its refresh without scanning every row.
+            models.Index(fields=["rfm_segment", "customer"], name="metrics_rfm_segment"),
         ]
 
     def __str__(self) -> str:

@@ -44,6 +44,33 @@ FORWARDS = REWRITE_FUNCTION.format(
 )
 BACKWARDS = REWRITE_FUNCTION.format(lock=REWRITE_LOCK_KEY, truncate_metrics="", stale_metrics="")
 
+# Deleted customers: their metrics rows are dropped by the next recompute, which must not
+# read them back (a TRUNCATE makes it recompute everyone).
+CUSTOMER_TRIGGERS = """
+CREATE FUNCTION segmentation_customer_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE segmentation_metricsstate SET last_event_id = 0;
+    ELSE
+        INSERT INTO segmentation_stalecustomermetrics (customer_id)
+        SELECT id FROM old_rows ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER customer_metrics_delete AFTER DELETE ON segmentation_customer
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation_customer_deleted();
+CREATE TRIGGER customer_metrics_truncate AFTER TRUNCATE ON segmentation_customer
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation_customer_deleted();
+"""
+
+DROP_CUSTOMER_TRIGGERS = """
+DROP TRIGGER IF EXISTS customer_metrics_truncate ON segmentation_customer;
+DROP TRIGGER IF EXISTS customer_metrics_delete ON segmentation_customer;
+DROP FUNCTION IF EXISTS segmentation_customer_deleted();
+"""
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -89,5 +116,10 @@ class Migration(migrations.Migration):
             name="events_90d",
             field=models.IntegerField(default=0),
         ),
+        migrations.AddIndex(
+            model_name="customermetrics",
+            index=models.Index(fields=["rfm_segment", "customer"], name="metrics_rfm_segment"),
+        ),
         PostgresOnlySQL(FORWARDS, BACKWARDS),
+        PostgresOnlySQL(CUSTOMER_TRIGGERS, DROP_CUSTOMER_TRIGGERS),
     ]

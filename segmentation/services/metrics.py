@@ -595,6 +595,12 @@ def _step_stale(cursor, d: _Dialect, *, as_of: datetime, increment: _Increment) 
     )
     d.drop_temp_table(cursor, "metrics_stale_found")
     d.analyze_temp_table(cursor, "metrics_stale")
+    # The rows of customers deleted since (listed by a trigger): nobody reads them again.
+    cursor.execute(
+        f"DELETE FROM {metrics} m USING {d.temp}.metrics_stale x "
+        "WHERE m.customer_id = x.customer_id AND NOT EXISTS ("
+        f"SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)"
+    )
     cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_stale")
     return int(cursor.fetchone()[0])
 
@@ -608,9 +614,10 @@ def _step_aggregates_incremental(
     cutoff: SummaryCutoff,
     increment: _Increment,
 ) -> int:
-    """``metrics_agg`` as :func:`_step_aggregates` makes it, with the aggregates of only the
-    stale customers recomputed and everyone else's read back from their stored row (recency
-    and days since the last activity recomputed at as_of). Returns the stale customers."""
+    """``metrics_agg`` as :func:`_step_aggregates` makes it, but of the stale customers only,
+    and ``metrics_rank`` (recency, frequency, cents) of every customer who bought: the stale
+    ones from ``metrics_agg``, everyone else from their stored row (recency at as_of).
+    Returns the number of stale customers."""
     stale = _step_stale(cursor, d, as_of=as_of, increment=increment)
     _step_aggregates(
         cursor,
@@ -619,38 +626,26 @@ def _step_aggregates_incremental(
         purchase_types=purchase_types,
         cutoff=cutoff,
         only="metrics_stale",
-        into="metrics_agg_stale",
     )
     recency_sql, recency_params = d.whole_days_before(as_of, "m.last_purchase_at")
-    activity_sql, activity_params = d.whole_days_before(as_of, "m.last_activity_at")
     select = f"""
-        SELECT m.customer_id, CAST(m.frequency AS BIGINT) AS frequency,
-               CAST(m.monetary * 100 AS BIGINT) AS monetary,
-               m.first_purchase_at, m.last_purchase_at, m.last_activity_at,
-               {recency_sql} AS recency_days,
-               {activity_sql} AS days_since_last_activity,
-               m.event_counts_30d AS counts_30d, m.event_counts_90d AS counts_90d,
-               CAST(m.events_30d AS BIGINT) AS events_30d,
-               CAST(m.events_90d AS BIGINT) AS events_90d
+        SELECT m.customer_id, {recency_sql} AS recency_days,
+               CAST(m.frequency AS BIGINT) AS frequency,
+               CAST(m.monetary * 100 AS BIGINT) AS monetary
         FROM {CustomerMetrics._meta.db_table} m
-        WHERE m.computed_at IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM {d.temp}.metrics_stale x
-                          WHERE x.customer_id = m.customer_id)
-          AND EXISTS (SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)
+        WHERE m.frequency > 0 AND {_stored_condition(d, "m")}
         UNION ALL
-        SELECT a.customer_id, a.frequency, a.monetary, a.first_purchase_at,
-               a.last_purchase_at, a.last_activity_at, a.recency_days,
-               a.days_since_last_activity, a.counts_30d, a.counts_90d,
-               a.events_30d, a.events_90d
-        FROM {d.temp}.metrics_agg_stale a
+        SELECT a.customer_id, a.recency_days, a.frequency, a.monetary
+        FROM {d.temp}.metrics_agg a
+        WHERE a.frequency > 0
     """
-    d.create_temp_table(cursor, "metrics_agg", select, [*recency_params, *activity_params])
-    for name in ("metrics_stale", "metrics_agg_stale"):
-        d.drop_temp_table(cursor, name)
+    d.create_temp_table(cursor, "metrics_rank", select, recency_params)
     return stale
 
 
-def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> int:
+def _step_scores(
+    cursor, d: _Dialect, *, segments: list[tuple[str, dict]], source: str = "metrics_agg"
+) -> int:
     """Families 3 and 4: R, F, M scores and the RFM segment of the customers who bought.
 
     N is the number of customers with a purchase; w the number of them with a strictly
@@ -674,7 +669,7 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
         segment_params.append(slug)
     segment_sql = f"CASE {' '.join(segment_whens)} ELSE '' END" if segment_whens else "''"
 
-    cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_agg WHERE frequency > 0")
+    cursor.execute(f"SELECT count(*) FROM {d.temp}.{source} WHERE frequency > 0")
     n = int(cursor.fetchone()[0])
 
     def score(key: str) -> str:
@@ -687,7 +682,7 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
                    {score("a.recency_days DESC")} AS r_score,
                    {score("a.frequency ASC")} AS f_score,
                    {score(d.monetary_cents("a.monetary") + " ASC")} AS m_score
-            FROM {d.temp}.metrics_agg a
+            FROM {d.temp}.{source} a
             WHERE a.frequency > 0
         ) s
     """
@@ -698,11 +693,93 @@ def _step_scores(cursor, d: _Dialect, *, segments: list[tuple[str, dict]]) -> in
     return n
 
 
-def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
-    """Family 5 and the comparison: every customer's new values with engagement points and
-    tier, kept only where they differ from the stored row (or there is none, or it was never
-    computed). The stored row also gives the campaigns app's email counts, which the points
-    model may use. Returns the number of rows to write.
+#: Columns that follow from the aggregates alone (unchanged for a customer who is not stale).
+_AGGREGATE_COLUMNS = (
+    "first_purchase_at",
+    "last_purchase_at",
+    "frequency",
+    "monetary",
+    "last_activity_at",
+    "event_counts_30d",
+    "event_counts_90d",
+    "events_30d",
+    "events_90d",
+)
+
+
+def _recomputed_rows(d: _Dialect, *, stale_only: bool) -> str:
+    """The engagement step's input rows (``y``) for the customers whose aggregates are in
+    ``metrics_agg``: every customer, or (``stale_only``) those in ``metrics_stale``."""
+    old = ",\n".join(f"e.{column} AS old_{column}" for column in (*_WRITTEN_COLUMNS, "computed_at"))
+    stale_join = f"JOIN {d.temp}.metrics_stale x ON x.customer_id = c.id" if stale_only else ""
+    return f"""
+        SELECT c.id AS customer_id, e.customer_id IS NOT NULL AS has_row, TRUE AS stale,
+               coalesce(e.emails_sent, 0) AS emails_sent,
+               coalesce(e.emails_opened, 0) AS emails_opened,
+               coalesce(e.emails_clicked, 0) AS emails_clicked,
+               a.first_purchase_at, a.last_purchase_at, a.recency_days,
+               coalesce(a.frequency, 0) AS frequency,
+               {d.monetary_value("coalesce(a.monetary, 0)")} AS monetary,
+               a.last_activity_at, a.days_since_last_activity,
+               coalesce(a.counts_30d, {d.empty_json}) AS event_counts_30d,
+               coalesce(a.counts_90d, {d.empty_json}) AS event_counts_90d,
+               coalesce(a.events_30d, 0) AS events_30d,
+               coalesce(a.events_90d, 0) AS events_90d,
+               s.r_score, s.f_score, s.m_score,
+               coalesce(s.rfm_segment, '') AS rfm_segment,
+               {old}
+        FROM {Customer._meta.db_table} c
+        {stale_join}
+        LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
+        LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
+        LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = c.id
+    """
+
+
+def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
+    """The engagement step's input rows (``y``) for the customers who are not stale: their
+    aggregates as stored, recency and days since the last activity at as_of."""
+    recency_sql, recency_params = d.whole_days_before(as_of, "e.last_purchase_at")
+    activity_sql, activity_params = d.whole_days_before(as_of, "e.last_activity_at")
+    old = ",\n".join(f"e.{column} AS old_{column}" for column in (*_WRITTEN_COLUMNS, "computed_at"))
+    sql = f"""
+        SELECT e.customer_id, TRUE AS has_row, FALSE AS stale,
+               e.emails_sent, e.emails_opened, e.emails_clicked,
+               e.first_purchase_at, e.last_purchase_at,
+               {recency_sql} AS recency_days,
+               e.frequency, e.monetary, e.last_activity_at,
+               {activity_sql} AS days_since_last_activity,
+               e.event_counts_30d, e.event_counts_90d, e.events_30d, e.events_90d,
+               s.r_score, s.f_score, s.m_score,
+               coalesce(s.rfm_segment, '') AS rfm_segment,
+               {old}
+        FROM {CustomerMetrics._meta.db_table} e
+        LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = e.customer_id
+        WHERE {_stored_condition(d, "e")}
+    """
+    return sql, [*recency_params, *activity_params]
+
+
+def _stored_condition(d: _Dialect, alias: str) -> str:
+    """Rows of an incremental recompute whose aggregates are read back: computed before, and
+    not stale. (Their customers exist: a deleted customer is stale, and the rows of customers
+    deleted earlier were dropped.)"""
+    return f"""{alias}.computed_at IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM {d.temp}.metrics_stale x
+                          WHERE x.customer_id = {alias}.customer_id)"""
+
+
+def _step_engagement(
+    cursor, d: _Dialect, *, definition: dict | None, rows: str, rows_params: Sequence[Any]
+) -> int:
+    """Family 5 and the comparison: the new values of the customers in ``rows`` with
+    engagement points and tier, kept only where they differ from the stored row (or there is
+    none, or it was never computed). The stored row also gives the campaigns app's email
+    counts, which the points model may use. Returns the number of rows to write.
+
+    ``rows`` yields, per customer, the new metrics, ``has_row``, ``stale`` (whether the
+    aggregates were recomputed: only then can they differ from the stored ones) and the
+    stored values as ``old_<column>``.
     """
     if definition is None:
         points_sql, points_params, tier_sql, tier_params = "0", (), "''", ()
@@ -729,40 +806,23 @@ def _step_engagement(cursor, d: _Dialect, *, definition: dict | None) -> int:
         points_sql, points_params = compiled.points_sql, compiled.points_params
         tier_sql, tier_params = compiled.tier_sql, compiled.tier_params
 
-    old = ",\n".join(f"e.{column} AS old_{column}" for column in (*_WRITTEN_COLUMNS, "computed_at"))
-    changed = " OR ".join(f"w.old_{column} {d.distinct} w.{column}" for column in _WRITTEN_COLUMNS)
+    def differ(columns) -> str:
+        return " OR ".join(f"w.old_{column} {d.distinct} w.{column}" for column in columns)
+
+    derived = [c for c in _WRITTEN_COLUMNS if c not in _AGGREGATE_COLUMNS]
     select = f"""
         SELECT w.customer_id, w.has_row, {", ".join(f"w.{c}" for c in _WRITTEN_COLUMNS)}
         FROM (
             SELECT z.*, {tier_sql} AS engagement_tier
             FROM (
                 SELECT y.*, {points_sql} AS engagement_points
-                FROM (
-                    SELECT c.id AS customer_id, e.customer_id IS NOT NULL AS has_row,
-                           coalesce(e.emails_sent, 0) AS emails_sent,
-                           coalesce(e.emails_opened, 0) AS emails_opened,
-                           coalesce(e.emails_clicked, 0) AS emails_clicked,
-                           a.first_purchase_at, a.last_purchase_at, a.recency_days,
-                           coalesce(a.frequency, 0) AS frequency,
-                           {d.monetary_value("coalesce(a.monetary, 0)")} AS monetary,
-                           a.last_activity_at, a.days_since_last_activity,
-                           coalesce(a.counts_30d, {d.empty_json}) AS event_counts_30d,
-                           coalesce(a.counts_90d, {d.empty_json}) AS event_counts_90d,
-                           coalesce(a.events_30d, 0) AS events_30d,
-                           coalesce(a.events_90d, 0) AS events_90d,
-                           s.r_score, s.f_score, s.m_score,
-                           coalesce(s.rfm_segment, '') AS rfm_segment,
-                           {old}
-                    FROM {Customer._meta.db_table} c
-                    LEFT JOIN {CustomerMetrics._meta.db_table} e ON e.customer_id = c.id
-                    LEFT JOIN {d.temp}.metrics_agg a ON a.customer_id = c.id
-                    LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = c.id
-                ) y{d.fence}
+                FROM ({rows}) y{d.fence}
             ) z
         ) w
-        WHERE NOT w.has_row OR w.old_computed_at IS NULL OR {changed}
+        WHERE NOT w.has_row OR w.old_computed_at IS NULL OR {differ(derived)}
+           OR (w.stale AND ({differ(_AGGREGATE_COLUMNS)}))
     """
-    d.create_temp_table(cursor, "metrics_new", select, [*tier_params, *points_params])
+    d.create_temp_table(cursor, "metrics_new", select, [*tier_params, *points_params, *rows_params])
     cursor.execute(f"SELECT count(*) FROM {d.temp}.metrics_new")
     return int(cursor.fetchone()[0])
 
@@ -874,8 +934,15 @@ def metrics_recompute(
                 ),
             )
         else:
-            if d.postgres:  # everyone is recomputed: the list of rewritten customers is moot
+            if d.postgres:
+                # Everyone is recomputed, so the list of stale customers is moot; and the
+                # rows of customers that no longer exist go (the next incremental recompute
+                # reads the stored rows back).
                 cursor.execute(f"DELETE FROM {StaleCustomerMetrics._meta.db_table}")
+                cursor.execute(
+                    f"DELETE FROM {CustomerMetrics._meta.db_table} m WHERE NOT EXISTS ("
+                    f"SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)"
+                )
             run(
                 _AGGREGATES,
                 lambda: _step_aggregates(
@@ -883,8 +950,19 @@ def metrics_recompute(
                 ),
             )
             recomputed = None
-        scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments))
-        run(_ENGAGEMENT, lambda: _step_engagement(cursor, d, definition=definition))
+        if increment is not None:
+            source = "metrics_rank"
+            stored_sql, rows_params = _stored_rows(d, as_of=as_of)
+            rows = _recomputed_rows(d, stale_only=True) + " UNION ALL " + stored_sql
+        else:
+            source, rows, rows_params = "metrics_agg", _recomputed_rows(d, stale_only=False), []
+        scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments, source=source))
+        run(
+            _ENGAGEMENT,
+            lambda: _step_engagement(
+                cursor, d, definition=definition, rows=rows, rows_params=rows_params
+            ),
+        )
         inserted, changed = run(
             _WRITE, lambda: _step_write(cursor, d, as_of=as_of, computed_at=computed_at)
         )
@@ -902,7 +980,13 @@ def metrics_recompute(
                     "computed_at": computed_at,
                 },
             )
-        for name in ("metrics_agg", "metrics_scores", "metrics_new"):
+        for name in (
+            "metrics_agg",
+            "metrics_scores",
+            "metrics_new",
+            "metrics_stale",
+            "metrics_rank",
+        ):
             d.drop_temp_table(cursor, name)
         if d.postgres:
             for name, value in previous.items():

@@ -98,8 +98,11 @@ def _update(run: RefreshRun, **fields) -> None:
     RefreshRun.objects.filter(pk=run.pk).update(**fields)
 
 
-def refresh_run_execute(*, run: RefreshRun) -> RefreshRun:
-    """Run the whole pipeline for ``run``; returns it with its final status."""
+def refresh_run_execute(*, run: RefreshRun, full_metrics: bool = False) -> RefreshRun:
+    """Run the whole pipeline for ``run``; returns it with its final status.
+
+    ``full_metrics`` recomputes every customer's aggregates even when an incremental
+    recompute is possible (see ``metrics_recompute``)."""
     try:
         with _pipeline_lock():
             RefreshRun.objects.filter(status=JobStatus.RUNNING).exclude(pk=run.pk).update(
@@ -107,7 +110,7 @@ def refresh_run_execute(*, run: RefreshRun) -> RefreshRun:
                 message="Interrupted (the worker stopped before finishing).",
                 finished_at=timezone.now(),
             )
-            _execute(run)
+            _execute(run, full_metrics=full_metrics)
     except RefreshBusy:
         _update(
             run,
@@ -118,15 +121,15 @@ def refresh_run_execute(*, run: RefreshRun) -> RefreshRun:
     return run
 
 
-def _execute(run: RefreshRun) -> None:
+def _execute(run: RefreshRun, *, full_metrics: bool) -> None:
     writer = _ProgressWriter()
     try:
-        _execute_with(run, writer)
+        _execute_with(run, writer, full_metrics=full_metrics)
     finally:
         writer.close()
 
 
-def _execute_with(run: RefreshRun, _update: _ProgressWriter) -> None:
+def _execute_with(run: RefreshRun, _update: _ProgressWriter, *, full_metrics: bool) -> None:
     segments_total = Segment.objects.exclude(kind="static").count()
     _update(
         run,
@@ -152,7 +155,7 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter) -> None:
         analyze_if_stale("segmentation_customer", "segmentation_event")
         event_summary_sync()
         progress(SUMMARY_STEP)
-        metrics_recompute(as_of=run.as_of, progress=progress)
+        metrics_recompute(as_of=run.as_of, progress=progress, full=full_metrics)
         analyze_if_stale("segmentation_customermetrics", "segmentation_segmentmembership")
         segments_refresh_all(now=run.as_of, progress=progress)
     except Exception as error:
@@ -174,11 +177,15 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter) -> None:
 
 
 def refresh_now(
-    *, as_of: datetime | None = None, trigger: str = "command", created_by=None
+    *,
+    as_of: datetime | None = None,
+    trigger: str = "command",
+    created_by=None,
+    full_metrics: bool = False,
 ) -> RefreshRun:
     """Create and execute a run in this process (commands, demo data, tests)."""
     run = refresh_run_create(as_of=as_of, trigger=trigger, created_by=created_by)
-    return refresh_run_execute(run=run)
+    return refresh_run_execute(run=run, full_metrics=full_metrics)
 
 
 def refresh_run_submit(*, created_by=None, trigger: str = "manual") -> RefreshRun:

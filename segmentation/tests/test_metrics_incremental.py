@@ -283,3 +283,27 @@ def test_an_event_read_before_its_time_counts_once_its_time_comes():
     assert result.incremental
     assert stored()[ids[6]]["last_purchase_at"] == AS_OF + 2 * HOUR
     assert_matches(expected_now(AS_OF + 3 * HOUR), stored())
+
+
+def test_a_customer_deleted_behind_the_orms_back_leaves_no_row_to_read_back():
+    ids = history()
+    gone = next(cid for cid, row in stored().items() if row["frequency"] > 0)
+    with connection.cursor() as cursor:  # no ORM cascade: the metrics row stays behind
+        cursor.execute(f"DELETE FROM {Customer._meta.db_table} WHERE id = %s", [gone])
+    assert StaleCustomerMetrics.objects.filter(customer_id=gone).exists()
+    result = metrics_recompute(as_of=AS_OF + HOUR)
+    assert result.incremental
+    assert gone not in stored()
+    assert result.scored == sum(1 for row in stored().values() if row["frequency"] > 0)
+    assert_matches(expected_now(AS_OF + HOUR), stored())
+    assert len(ids) - 1 == len(stored())
+
+
+def test_a_full_recompute_drops_the_rows_of_customers_that_no_longer_exist():
+    ids = history()
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE segmentation_customer DISABLE TRIGGER customer_metrics_delete")
+        cursor.execute(f"DELETE FROM {Customer._meta.db_table} WHERE id = %s", [ids[0]])
+        cursor.execute("ALTER TABLE segmentation_customer ENABLE TRIGGER customer_metrics_delete")
+    assert not metrics_recompute(as_of=AS_OF, full=True).incremental
+    assert ids[0] not in stored()

@@ -146,3 +146,17 @@ def test_recompute_command_can_rebuild_the_event_summary(shop):
     else:
         assert "nothing to do" in out.getvalue()
     assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11
+
+
+def test_recompute_command_can_force_a_full_metrics_recompute(shop, monkeypatch):
+    calls = []
+    real = refresh.metrics_recompute
+    monkeypatch.setattr(
+        refresh,
+        "metrics_recompute",
+        lambda **kwargs: calls.append(kwargs["full"]) or real(**kwargs),
+    )
+    call_command("recompute_segments", "--as-of", "2024-07-01", stdout=io.StringIO())
+    call_command("recompute_segments", "--as-of", "2024-07-01", "--full", stdout=io.StringIO())
+    assert calls == [False, True]
+    assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11

@@ -34,8 +34,23 @@ class Command(BaseCommand):
             action="store_true",
             help="First rebuild the per-customer event summary from all events (PostgreSQL).",
         )
+        parser.add_argument(
+            "--full",
+            action="store_true",
+            help=(
+                "Recompute every customer's metrics from the events, even where an "
+                "incremental recompute is possible (PostgreSQL)."
+            ),
+        )
 
-    def handle(self, *args, as_of: datetime | None, rebuild_event_summary: bool, **options):
+    def handle(
+        self,
+        *args,
+        as_of: datetime | None,
+        rebuild_event_summary: bool,
+        full: bool,
+        **options,
+    ):
         if rebuild_event_summary:
             result = event_summary_sync(rebuild=True)
             if result is None:
@@ -45,7 +60,7 @@ class Command(BaseCommand):
                     f"Event summary rebuilt from {result.events:,} events "
                     f"in {result.seconds:.1f} s."
                 )
-        run = refresh_now(as_of=as_of, trigger="command")
+        run = refresh_now(as_of=as_of, trigger="command", full_metrics=full)
         for step, seconds in run.timings.items():
             self.stdout.write(f"  {step}: {seconds:.2f} s")
         if run.status != JobStatus.SUCCEEDED:
