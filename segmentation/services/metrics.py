@@ -45,6 +45,17 @@ row and kept only where they differ. Then those rows are updated and the missing
 inserted, so an hourly run writes only what changed. ``as_of`` and ``computed_at`` on a row
 are those of the last recompute that changed it.
 
+Incremental recomputes (PostgreSQL)
+-----------------------------------
+A recompute records what it read in ``MetricsState`` (as-of, last event id, purchase types).
+The next one, if it is at most :data:`INCREMENTAL_MAX_STEP` later, uses the same purchase
+types and the event summary can serve its as-of, aggregates again only the *stale*
+customers (``_step_stale``: events added, updated or deleted since, events between the two
+as-ofs or crossing a window edge, customers without a computed row) and reads everyone
+else's aggregates back from their stored row, which by construction are what a full
+recompute would give. Recency, days since the last activity, scores, RFM segments and
+tiers are still computed for everyone. ``full=True`` forces a full recompute.
+
 The whole recompute is one transaction (nested in the caller's, if any); on PostgreSQL it also
 holds a transaction-level advisory lock so two recomputes never interleave. Engagement rules
 read the email counts as they are when the tiers are computed; a count the campaigns app
@@ -759,7 +770,11 @@ def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
     aggregates as stored, recency and days since the last activity at as_of."""
     recency_sql, recency_params = d.whole_days_before(as_of, "e.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "e.last_activity_at")
-    old = ",\n".join(f"e.{column} AS old_{column}" for column in (*_WRITTEN_COLUMNS, "computed_at"))
+    # The stored aggregates are the new ones: never compared (stale is false), so not copied.
+    old = ",\n".join(
+        f"NULL AS old_{column}" if column in _AGGREGATE_COLUMNS else f"e.{column} AS old_{column}"
+        for column in (*_WRITTEN_COLUMNS, "computed_at")
+    )
     sql = f"""
         SELECT e.customer_id, TRUE AS has_row, FALSE AS stale,
                e.emails_sent, e.emails_opened, e.emails_clicked,
