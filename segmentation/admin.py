@@ -15,10 +15,12 @@ from segmentation.models import (
     Event,
     EventSummaryState,
     ImportJob,
+    MetricsState,
     RefreshRun,
     Segment,
     SegmentMembership,
     SegmentSizeSnapshot,
+    StaleCustomerMetrics,
 )
 
 
@@ -87,6 +89,21 @@ class CustomerEventSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 @admin.register(EventSummaryState)
 class EventSummaryStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("last_event_id", "max_occurred_at", "synced_at")
+
+
+@admin.register(MetricsState)
+class MetricsStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """What the last metrics recompute read; the next one starts from it (PostgreSQL)."""
+
+    list_display = ("as_of", "last_event_id", "purchase_types", "computed_at")
+
+
+@admin.register(StaleCustomerMetrics)
+class StaleCustomerMetricsAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Customers whose events changed since the last recompute (filled by triggers)."""
+
+    list_display = ("customer_id",)
+    show_full_result_count = False
 
 
 @admin.register(CustomerMetrics)

@@ -15,10 +15,12 @@ from segmentation.models import (
     EngagementModel,
     EventSummaryState,
     ImportJob,
+    MetricsState,
     RefreshRun,
     Segment,
     SegmentMembership,
     SegmentSizeSnapshot,
+    StaleCustomerMetrics,
 )
 from segmentation.tests.factories import CustomerFactory, PurchaseFactory, SegmentFactory
 
@@ -46,6 +48,8 @@ def records():
         last_at="2024-01-01T00:00:00Z",
     )
     EventSummaryState.objects.update_or_create(pk=1, defaults={"last_event_id": 1})
+    MetricsState.objects.update_or_create(pk=1, defaults={"last_event_id": 1})
+    StaleCustomerMetrics.objects.get_or_create(customer_id=customer.pk)
     return customer
 
 
@@ -55,6 +59,8 @@ MODELS = [
     "customermetrics",
     "customereventsummary",
     "eventsummarystate",
+    "metricsstate",
+    "stalecustomermetrics",
     "segment",
     "segmentmembership",
     "segmentsizesnapshot",
