@@ -325,8 +325,10 @@ def _postgres_settings() -> None:
     """Memory for the refresh's hash anti-joins (1M-member sets), for this transaction only."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            for name, value in POSTGRES_SETTINGS.items():
-                cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
+            calls = ", ".join(["set_config(%s, %s, true)"] * len(POSTGRES_SETTINGS))
+            cursor.execute(
+                f"SELECT {calls}", [item for pair in POSTGRES_SETTINGS.items() for item in pair]
+            )
 
 
 def _target_sql(segment: Segment, now: dt.datetime) -> tuple[str, tuple]:
