@@ -116,6 +116,13 @@ class Migration(migrations.Migration):
             name="events_90d",
             field=models.IntegerField(default=0),
         ),
+        migrations.RemoveIndex(model_name="event", name="event_customer_time"),
+        migrations.AddIndex(
+            model_name="event",
+            index=models.Index(
+                fields=["customer", "occurred_at"], include=("type",), name="event_customer_time"
+            ),
+        ),
         migrations.AddIndex(
             model_name="customermetrics",
             index=models.Index(fields=["rfm_segment", "customer"], name="metrics_rfm_segment"),

@@ -124,7 +124,12 @@ WINDOW_90D = timedelta(days=90)
 POSTGRES_SETTINGS: dict[str, str] = {"work_mem": "256MB"}
 #: And for an incremental recompute: its statements are many and short, and JIT compiling
 #: them costs more than it saves (0.5 s of a 4 s recompute at 1M customers).
-INCREMENTAL_POSTGRES_SETTINGS: dict[str, str] = {"jit": "off"}
+INCREMENTAL_POSTGRES_SETTINGS: dict[str, str] = {
+    "jit": "off",
+    # The stale customers' rows are read by index (a few thousand lookups in hot pages);
+    # with the default cost of a random read, PostgreSQL scans whole tables instead.
+    "random_page_cost": "1.1",
+}
 #: pg_advisory_xact_lock key: serialises concurrent recomputes.
 ADVISORY_LOCK_KEY = 0x5E6_3E7
 
@@ -773,7 +778,8 @@ def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
     aggregates as stored, recency and days since the last activity at as_of."""
     recency_sql, recency_params = d.whole_days_before(as_of, "e.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "e.last_activity_at")
-    # The stored aggregates are the new ones: never compared (stale is false), so not copied.
+    # The stored aggregates are the new ones: never compared (stale is false) nor written
+    # (see _step_write), so not copied, except those the points model reads.
     old = ",\n".join(
         f"NULL AS old_{column}" if column in _AGGREGATE_COLUMNS else f"e.{column} AS old_{column}"
         for column in (*_WRITTEN_COLUMNS, "computed_at")
@@ -781,11 +787,11 @@ def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
     sql = f"""
         SELECT e.customer_id, TRUE AS has_row, FALSE AS stale,
                e.emails_sent, e.emails_opened, e.emails_clicked,
-               e.first_purchase_at, e.last_purchase_at,
+               NULL AS first_purchase_at, NULL AS last_purchase_at,
                {recency_sql} AS recency_days,
-               e.frequency, e.monetary, e.last_activity_at,
+               e.frequency, e.monetary, NULL AS last_activity_at,
                {activity_sql} AS days_since_last_activity,
-               e.event_counts_30d, e.event_counts_90d, e.events_30d, e.events_90d,
+               NULL AS event_counts_30d, NULL AS event_counts_90d, e.events_30d, e.events_90d,
                s.r_score, s.f_score, s.m_score,
                coalesce(s.rfm_segment, '') AS rfm_segment,
                {old}
@@ -847,7 +853,7 @@ def _step_engagement(
 
     derived = [c for c in _WRITTEN_COLUMNS if c not in _AGGREGATE_COLUMNS]
     select = f"""
-        SELECT w.customer_id, w.has_row, {", ".join(f"w.{c}" for c in _WRITTEN_COLUMNS)}
+        SELECT w.customer_id, w.has_row, w.stale, {", ".join(f"w.{c}" for c in _WRITTEN_COLUMNS)}
         FROM (
             SELECT z.*, {tier_sql} AS engagement_tier
             FROM (
@@ -873,7 +879,13 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
     stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
     # Usually a few rows (index lookups), sometimes all of them (one hash join).
     d.analyze_temp_table(cursor, "metrics_new")
-    assignments = ", ".join(f"{column} = n.{column}" for column in _WRITTEN_COLUMNS)
+    # The aggregates of a customer who was not stale are unchanged (and not in metrics_new).
+    assignments = ", ".join(
+        f"{column} = CASE WHEN n.stale THEN n.{column} ELSE m.{column} END"
+        if column in _AGGREGATE_COLUMNS
+        else f"{column} = n.{column}"
+        for column in _WRITTEN_COLUMNS
+    )
     cursor.execute(
         f"""
         UPDATE {table} AS m
