@@ -188,6 +188,8 @@ class MetricsState(models.Model):
     #: Every event with an id up to this one was read by that recompute.
     last_event_id = models.BigIntegerField(default=0)
     purchase_types = models.JSONField(default=list, blank=True)
+    #: The engagement points model it applied (None: no active model).
+    engagement = models.JSONField(null=True, blank=True)
     computed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -198,10 +200,10 @@ class MetricsState(models.Model):
 
 
 class StaleCustomerMetrics(models.Model):
-    """Customers whose events were updated or deleted since the last metrics recompute.
+    """Customers whose metrics inputs changed behind the recompute's back since it last ran:
+    events updated or deleted, the customer deleted, email counts changed.
 
-    Filled by the events' update and delete triggers (migration 0007), emptied by the next
-    recompute, which redoes their aggregates.
+    Filled by triggers (migration 0007), emptied by the next recompute, which redoes them.
     """
 
     customer_id = models.BigIntegerField(primary_key=True)

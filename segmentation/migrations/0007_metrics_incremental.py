@@ -65,6 +65,29 @@ CREATE TRIGGER customer_metrics_truncate AFTER TRUNCATE ON segmentation_customer
     FOR EACH STATEMENT EXECUTE FUNCTION segmentation_customer_deleted();
 """
 
+# The campaigns app counts emails on the metrics rows; the tiers may use those counts.
+EMAIL_TRIGGER = """
+CREATE FUNCTION segmentation_metrics_emails_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO segmentation_stalecustomermetrics (customer_id) VALUES (NEW.customer_id)
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER metrics_emails_changed
+    AFTER UPDATE OF emails_sent, emails_opened, emails_clicked
+    ON segmentation_customermetrics FOR EACH ROW
+    WHEN (OLD.emails_sent IS DISTINCT FROM NEW.emails_sent
+          OR OLD.emails_opened IS DISTINCT FROM NEW.emails_opened
+          OR OLD.emails_clicked IS DISTINCT FROM NEW.emails_clicked)
+    EXECUTE FUNCTION segmentation_metrics_emails_changed();
+"""
+
+DROP_EMAIL_TRIGGER = """
+DROP TRIGGER IF EXISTS metrics_emails_changed ON segmentation_customermetrics;
+DROP FUNCTION IF EXISTS segmentation_metrics_emails_changed();
+"""
+
 DROP_CUSTOMER_TRIGGERS = """
 DROP TRIGGER IF EXISTS customer_metrics_truncate ON segmentation_customer;
 DROP TRIGGER IF EXISTS customer_metrics_delete ON segmentation_customer;
@@ -90,6 +113,7 @@ class Migration(migrations.Migration):
                 ("as_of", models.DateTimeField(blank=True, null=True)),
                 ("last_event_id", models.BigIntegerField(default=0)),
                 ("purchase_types", models.JSONField(blank=True, default=list)),
+                ("engagement", models.JSONField(blank=True, null=True)),
                 ("computed_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
@@ -129,6 +153,7 @@ class Migration(migrations.Migration):
         ),
         PostgresOnlySQL(FORWARDS, BACKWARDS),
         PostgresOnlySQL(CUSTOMER_TRIGGERS, DROP_CUSTOMER_TRIGGERS),
+        PostgresOnlySQL(EMAIL_TRIGGER, DROP_EMAIL_TRIGGER),
         # Room on each page for the hourly updates to stay there (HOT: no index entries
         # written when no indexed column changes).
         PostgresOnlySQL(

@@ -539,6 +539,8 @@ class _Increment:
 
     previous_as_of: datetime
     after_event_id: int
+    #: Whether the engagement points model differs from the one the previous run applied.
+    engagement_changed: bool
 
 
 def _increment_plan(
@@ -547,6 +549,7 @@ def _increment_plan(
     as_of: datetime,
     purchase_types: list[str],
     cutoff: SummaryCutoff | None,
+    definition: dict | None,
     full: bool,
 ) -> _Increment | None:
     """An incremental recompute is possible when the previous one left its state, used the
@@ -565,7 +568,11 @@ def _increment_plan(
         or not state.as_of <= as_of <= state.as_of + INCREMENTAL_MAX_STEP
     ):
         return None
-    return _Increment(previous_as_of=state.as_of, after_event_id=state.last_event_id)
+    return _Increment(
+        previous_as_of=state.as_of,
+        after_event_id=state.last_event_id,
+        engagement_changed=state.engagement != definition,
+    )
 
 
 def _types_cte() -> str:
@@ -773,11 +780,27 @@ def _recomputed_rows(d: _Dialect, *, stale_only: bool) -> str:
     """
 
 
-def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
+def _stored_rows(d: _Dialect, *, as_of: datetime, increment: _Increment) -> tuple[str, list[Any]]:
     """The engagement step's input rows (``y``) for the customers who are not stale: their
-    aggregates as stored, recency and days since the last activity at as_of."""
+    aggregates as stored, recency and days since the last activity at as_of.
+
+    Unless the points model changed, only the rows whose other inputs moved are returned:
+    recency or days since the last activity (a day boundary passed), scores or RFM segment.
+    The rest would get the points and tier they have (their aggregates are unchanged, and a
+    change of email counts makes a customer stale).
+    """
     recency_sql, recency_params = d.whole_days_before(as_of, "e.last_purchase_at")
     activity_sql, activity_params = d.whole_days_before(as_of, "e.last_activity_at")
+    before_sql, before_params = d.whole_days_before(increment.previous_as_of, "e.last_activity_at")
+    moved, moved_params = "", []
+    if not increment.engagement_changed:
+        moved = f"""
+          AND (s.r_score {d.distinct} e.r_score OR s.f_score {d.distinct} e.f_score
+               OR s.m_score {d.distinct} e.m_score
+               OR coalesce(s.rfm_segment, '') {d.distinct} e.rfm_segment
+               OR {recency_sql} {d.distinct} e.recency_days
+               OR {activity_sql} {d.distinct} {before_sql})"""
+        moved_params = [*recency_params, *activity_params, *before_params]
     # The stored aggregates are the new ones: never compared (stale is false) nor written
     # (see _step_write), so not copied, except those the points model reads.
     old = ",\n".join(
@@ -797,9 +820,9 @@ def _stored_rows(d: _Dialect, *, as_of: datetime) -> tuple[str, list[Any]]:
                {old}
         FROM {CustomerMetrics._meta.db_table} e
         LEFT JOIN {d.temp}.metrics_scores s ON s.customer_id = e.customer_id
-        WHERE {_stored_condition(d, "e")}
+        WHERE {_stored_condition(d, "e")}{moved}
     """
-    return sql, [*recency_params, *activity_params]
+    return sql, [*recency_params, *activity_params, *moved_params]
 
 
 def _stored_condition(d: _Dialect, alias: str) -> str:
@@ -967,7 +990,12 @@ def metrics_recompute(
 
         cutoff = event_summary_cutoff() if d.postgres else None
         increment = _increment_plan(
-            d=d, as_of=as_of, purchase_types=types, cutoff=cutoff, full=full
+            d=d,
+            as_of=as_of,
+            purchase_types=types,
+            cutoff=cutoff,
+            definition=definition,
+            full=full,
         )
         if increment is not None:
             for name, value in INCREMENTAL_POSTGRES_SETTINGS.items():
@@ -1005,7 +1033,7 @@ def metrics_recompute(
             recomputed = None
         if increment is not None:
             source = "metrics_rank"
-            stored_sql, rows_params = _stored_rows(d, as_of=as_of)
+            stored_sql, rows_params = _stored_rows(d, as_of=as_of, increment=increment)
             rows = _recomputed_rows(d, stale_only=True) + " UNION ALL " + stored_sql
         else:
             source, rows, rows_params = "metrics_agg", _recomputed_rows(d, stale_only=False), []
@@ -1030,6 +1058,7 @@ def metrics_recompute(
                     # recompute began (see event_summary), so it has been read.
                     "last_event_id": cutoff.last_event_id if cutoff is not None else 0,
                     "purchase_types": types,
+                    "engagement": definition,
                     "computed_at": computed_at,
                 },
             )

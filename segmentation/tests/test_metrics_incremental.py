@@ -10,16 +10,18 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
-from segmentation.defaults import ENGAGEMENT_MODEL
 from segmentation.models import (
     Customer,
     CustomerMetrics,
+    EngagementModel,
     Event,
     MetricsState,
     StaleCustomerMetrics,
 )
 from segmentation.services import metrics as metrics_module
+from segmentation.services.engagement import engagement_model_active_definition
 from segmentation.services.event_summary import event_summary_sync
 from segmentation.services.metrics import INCREMENTAL_MAX_STEP, metrics_recompute
 from segmentation.tests.metrics_reference import AS_OF, DAY, US, RefEvent, reference_metrics
@@ -77,7 +79,7 @@ def expected_now(as_of) -> dict[int, dict]:
         as_of=as_of,
         purchase_types=["purchase"],
         rfm_segments=DEFAULT_SEGMENTS,
-        engagement=ENGAGEMENT_MODEL,
+        engagement=engagement_model_active_definition(),
         emails=db_emails(),
     )
 
@@ -105,8 +107,34 @@ def check_totals() -> None:
         assert (sum(counts_30d.values()), sum(counts_90d.values())) == (n30, n90)
 
 
+#: A points model on every input that moves without the customer's events changing: days
+#: since the last activity, recency, scores, email counts (and window totals, which do not).
+CUSTOM_MODEL = {
+    "rules": [
+        {"metric": "days_since_last_activity", "bands": [{"max": 2, "points": 40}]},
+        {"metric": "recency_days", "bands": [{"max": 3, "points": 25}, {"max": 40, "points": 5}]},
+        {"metric": "events_30d", "bands": [{"min": 3, "points": 4}]},
+        {"metric": "emails_opened", "bands": [{"min": 10, "points": 9}]},
+        {"metric": "m_score", "bands": [{"min": 4, "points": 11}]},
+    ],
+    "tiers": [
+        {"name": "Hot", "min_points": 50},
+        {"name": "Warm", "min_points": 10},
+        {"name": "Cold", "min_points": 0},
+    ],
+}
+
+
+def activate(definition: dict, name: str = "Custom") -> None:
+    EngagementModel.objects.update(is_active=False)
+    EngagementModel.objects.create(name=name, definition=definition, is_active=True)
+
+
+@pytest.mark.parametrize("model", ["default", "custom"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_history_of_incremental_recomputes_matches_the_reference(seed):
+def test_a_history_of_incremental_recomputes_matches_the_reference(seed, model):
+    if model == "custom":
+        activate(CUSTOM_MODEL)
     rng = random.Random(seed)
     ids = make_customers(80)
     start = AS_OF
@@ -307,3 +335,28 @@ def test_a_full_recompute_drops_the_rows_of_customers_that_no_longer_exist():
         cursor.execute("ALTER TABLE segmentation_customer ENABLE TRIGGER customer_metrics_delete")
     assert not metrics_recompute(as_of=AS_OF, full=True).incremental
     assert ids[0] not in stored()
+
+
+def test_a_changed_points_model_is_applied_to_everyone():
+    history()
+    activate(CUSTOM_MODEL)
+    result = metrics_recompute(as_of=AS_OF + HOUR)
+    assert result.incremental
+    assert_matches(expected_now(AS_OF + HOUR), stored())
+    assert MetricsState.objects.get().engagement == CUSTOM_MODEL
+    # And back: the previous model again.
+    activate(CUSTOM_MODEL | {"tiers": [{"name": "All", "min_points": -1000}]}, name="Other")
+    assert metrics_recompute(as_of=AS_OF + 2 * HOUR).incremental
+    assert {row["engagement_tier"] for row in stored().values()} == {"All"}
+
+
+def test_email_counts_changed_by_campaigns_make_the_customer_stale():
+    activate(CUSTOM_MODEL)
+    ids = history()
+    CustomerMetrics.objects.filter(pk=ids[5]).update(emails_opened=12)
+    CustomerMetrics.objects.filter(pk=ids[6]).update(emails_opened=F("emails_opened"))
+    assert set(StaleCustomerMetrics.objects.values_list("customer_id", flat=True)) == {ids[5]}
+    result = metrics_recompute(as_of=AS_OF)
+    assert result.incremental
+    assert_matches(expected_now(AS_OF), stored())
+    assert stored()[ids[5]]["emails_opened"] == 12
