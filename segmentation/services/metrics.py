@@ -53,8 +53,11 @@ types and the event summary can serve its as-of, aggregates again only the *stal
 customers (``_step_stale``: events added, updated or deleted since, events between the two
 as-ofs or crossing a window edge, customers without a computed row) and reads everyone
 else's aggregates back from their stored row, which by construction are what a full
-recompute would give. Recency, days since the last activity, scores, RFM segments and
-tiers are still computed for everyone. ``full=True`` forces a full recompute.
+recompute would give. Recency, days since the last activity, scores and RFM segments are
+still computed for everyone; points and tiers for the rows whose inputs moved (everyone's
+when the points model changed). Triggers list customers whose events were updated or
+deleted, who were deleted, or whose email counts changed (``StaleCustomerMetrics``).
+``full=True`` forces a full recompute.
 
 The whole recompute is one transaction (nested in the caller's, if any); on PostgreSQL it also
 holds a transaction-level advisory lock so two recomputes never interleave. Engagement rules
