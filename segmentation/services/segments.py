@@ -11,12 +11,13 @@ import csv
 import datetime as dt
 import io
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 from django.core.exceptions import EmptyResultSet
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -274,7 +275,9 @@ class SegmentRefreshResult:
     error: str = ""
 
 
-def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> SegmentRefreshResult:
+def segment_refresh(
+    *, segment: Segment, now: dt.datetime | None = None, _rfm_targets: bool = False
+) -> SegmentRefreshResult:
     """Bring the segment's m membership in line with its definition as of ``now``.
 
     Leavers get ``left_at = now`` (one UPDATE), joiners a new membership row (one INSERT ...
@@ -289,7 +292,10 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> Segm
         joined = left = 0
         if segment.kind != SegmentKind.STATIC:
             _postgres_settings()
-            target_sql, target_params = _target_sql(segment, now)
+            if _rfm_targets and segment.kind == SegmentKind.RFM:
+                target_sql, target_params = _RFM_TARGET_SQL, (segment.slug,)
+            else:
+                target_sql, target_params = _target_sql(segment, now)
             _materialize_target(target_sql, target_params)
             try:
                 left = _mark_leavers(segment, now)
@@ -329,6 +335,38 @@ def _postgres_settings() -> None:
             cursor.execute(
                 f"SELECT {calls}", [item for pair in POSTGRES_SETTINGS.items() for item in pair]
             )
+
+
+#: An RFM segment's target from the table ``_rfm_targets_made`` fills (PostgreSQL).
+_RFM_TARGET_SQL = "SELECT cid FROM pg_temp.rfm_targets WHERE slug = %s"
+
+
+@contextmanager
+def _rfm_targets_made(segments: Sequence[Segment]) -> Iterator[bool]:
+    """Every RFM segment's members, from one pass over the metrics, in a session temporary
+    table indexed by slug: ten RFM segments would otherwise read the metrics table ten times
+    (its rows of one segment are spread over most of its pages). Yields whether it was made
+    (PostgreSQL, with RFM segments to refresh)."""
+    if connection.vendor != "postgresql" or not any(s.kind == SegmentKind.RFM for s in segments):
+        yield False
+        return
+    metrics = CustomerMetrics._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.rfm_targets")
+        cursor.execute(
+            "CREATE TEMPORARY TABLE rfm_targets AS "
+            f"SELECT rfm_segment AS slug, customer_id AS cid FROM {metrics} "
+            "WHERE rfm_segment <> '' ORDER BY rfm_segment"
+        )
+        cursor.execute("CREATE INDEX ON pg_temp.rfm_targets (slug)")
+        cursor.execute("ANALYZE pg_temp.rfm_targets")
+    try:
+        yield True
+    finally:
+        # (In a failed outer transaction it stays until the session ends, and the next
+        # refresh replaces it.)
+        with suppress(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS pg_temp.rfm_targets")
 
 
 def _target_sql(segment: Segment, now: dt.datetime) -> tuple[str, tuple]:
@@ -462,16 +500,17 @@ def segments_refresh_all(
     now = now or timezone.now()
     segments = segments_refresh_order(list(Segment.objects.exclude(kind=SegmentKind.STATIC)))
     results = []
-    for segment in segments:
-        try:
-            result = segment_refresh(segment=segment, now=now)
-        except SegmentRuleInvalid as error:
-            result = SegmentRefreshResult(
-                joined=0, left=0, size=segment.size, slug=segment.slug, error=error.message
-            )
-        results.append(result)
-        if progress is not None:
-            progress(f"Segment {segment.name} ({segment.slug})")
+    with _rfm_targets_made(segments) as rfm_targets:
+        for segment in segments:
+            try:
+                result = segment_refresh(segment=segment, now=now, _rfm_targets=rfm_targets)
+            except SegmentRuleInvalid as error:
+                result = SegmentRefreshResult(
+                    joined=0, left=0, size=segment.size, slug=segment.slug, error=error.message
+                )
+            results.append(result)
+            if progress is not None:
+                progress(f"Segment {segment.name} ({segment.slug})")
     return results
 
 

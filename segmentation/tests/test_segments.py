@@ -4,6 +4,7 @@ import datetime as dt
 import io
 
 import pytest
+from django.db import connection
 
 from abtest.errors import ServiceError
 from segmentation.models import (
@@ -297,6 +298,30 @@ def test_rfm_segment_holds_customers_with_its_label(people):
     result = segment_refresh(segment=champions, now=NOW + DAY)
     assert (result.joined, result.left) == (1, 1)
     assert members(champions) == {"bob"}
+
+
+def test_refresh_all_moves_customers_between_rfm_segments(people):
+    def rfm(slug, r):
+        segment, _ = Segment.objects.get_or_create(
+            slug=slug, defaults={"name": slug.title(), "kind": "rfm", "rule": {"r": r, "f": r}}
+        )
+        return segment
+
+    champions, loyal = rfm("champions", [4, 5]), rfm("loyal", [3, 3])
+    CustomerMetrics.objects.filter(customer=people["alice"]).update(rfm_segment="champions")
+    CustomerMetrics.objects.filter(customer=people["bob"]).update(rfm_segment="loyal")
+    segments_refresh_all(now=NOW)
+    assert (members(champions), members(loyal)) == ({"alice"}, {"bob"})
+
+    CustomerMetrics.objects.filter(customer=people["alice"]).update(rfm_segment="loyal")
+    CustomerMetrics.objects.filter(customer=people["bob"]).update(rfm_segment="champions")
+    results = {r.slug: r for r in segments_refresh_all(now=NOW + DAY)}
+    assert (members(champions), members(loyal)) == ({"bob"}, {"alice"})
+    assert (results["champions"].joined, results["champions"].left) == (1, 1)
+    with connection.cursor() as cursor:  # the shared RFM target table is gone
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT to_regclass('pg_temp.rfm_targets')")
+            assert cursor.fetchone()[0] is None
 
 
 def test_static_refresh_keeps_members_and_records_size(people):
