@@ -22,8 +22,9 @@ Definitions
 - Only customers with at least one purchase are scored; N is their number. For F and M,
   ``score = 1 + floor(5 * w / N)`` where w is the number of scored customers with a strictly
   smaller frequency (monetary); for R, w is the number with a strictly larger
-  ``recency_days``. In SQL w is ``RANK() - 1`` (ties share the lowest rank), and the division
-  is integer division, so ties always share a score; scores run 1..5.
+  ``recency_days``. In SQL w is the running count of customers per distinct value, minus the
+  value's own (as ``RANK() - 1``), and the division is integer division, so ties always share
+  a score; scores run 1..5.
 - Customers without purchases get frequency 0, monetary 0, NULL recency and scores, and an
   empty ``rfm_segment``; they still get activity, counts and engagement points and tier.
 - ``rfm_segment`` is the slug of the first RFM ``Segment`` (by ``position``, then name) whose
@@ -696,10 +697,10 @@ def _step_scores(
     """Families 3 and 4: R, F, M scores and the RFM segment of the customers who bought.
 
     N is the number of customers with a purchase; w the number of them with a strictly
-    smaller frequency (monetary), or a strictly larger ``recency_days``: ``RANK() - 1`` in
-    that order, since ties share the lowest rank. The score is ``1 + (5 * w) / N`` in integer
-    division, so ties always share a score. The window functions sort one narrow row per
-    scored customer; money is ranked in integer cents (exact, and faster than NUMERIC).
+    smaller frequency (monetary), or a strictly larger ``recency_days``: the running count of
+    customers per distinct value, in that order, minus the value's own. The score is
+    ``1 + (5 * w) / N`` in integer division, so ties always share a score. Money is ranked in
+    integer cents (exact, and faster than NUMERIC).
     Returns N.
     """
     segment_whens: list[str] = []
@@ -719,17 +720,30 @@ def _step_scores(
     cursor.execute(f"SELECT count(*) FROM {d.temp}.{source} WHERE frequency > 0")
     n = int(cursor.fetchone()[0])
 
-    def score(key: str) -> str:
-        return f"CAST(1 + (5 * (rank() OVER (ORDER BY {key}) - 1)) / %s AS INTEGER)"
+    table = f"{d.temp}.{source}"
+
+    def below(column: str, order: str) -> str:
+        """Per distinct value of ``column``: w, the number of scored customers before it in
+        ``order`` (strictly smaller, or larger for DESC). Grouping first sorts a few hundred
+        values instead of every customer, as ``rank() - 1`` over the customers would."""
+        return f"""(
+            SELECT g.v, CAST(sum(g.n) OVER (ORDER BY g.v {order}) AS BIGINT) - g.n AS w
+            FROM (SELECT {column} AS v, count(*) AS n FROM {table}
+                  WHERE frequency > 0 GROUP BY {column}) g
+        )"""
 
     select = f"""
         SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
         FROM (
             SELECT a.customer_id,
-                   {score("a.recency_days DESC")} AS r_score,
-                   {score("a.frequency ASC")} AS f_score,
-                   {score(d.monetary_cents("a.monetary") + " ASC")} AS m_score
-            FROM {d.temp}.{source} a
+                   CAST(1 + (5 * r.w) / %s AS INTEGER) AS r_score,
+                   CAST(1 + (5 * f.w) / %s AS INTEGER) AS f_score,
+                   CAST(1 + (5 * m.w) / %s AS INTEGER) AS m_score
+            FROM {table} a
+            JOIN {below("recency_days", "DESC")} r ON r.v = a.recency_days
+            JOIN {below("frequency", "ASC")} f ON f.v = a.frequency
+            JOIN {below(d.monetary_cents("monetary"), "ASC")} m
+                ON m.v = {d.monetary_cents("a.monetary")}
             WHERE a.frequency > 0
         ) s
     """
