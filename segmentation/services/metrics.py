@@ -628,18 +628,17 @@ def _step_stale(cursor, d: _Dialect, *, as_of: datetime, increment: _Increment) 
     d.create_temp_table(
         cursor, "metrics_stale_found", f"WITH RECURSIVE {_types_cte()} {union}", params
     )
+    # Claim the list the triggers keep; the rows of customers deleted since (a trigger lists
+    # them there) go, as nobody reads them again.
     cursor.execute(
         f"WITH claimed AS (DELETE FROM {StaleCustomerMetrics._meta.db_table} "
-        "RETURNING customer_id) "
+        "RETURNING customer_id), "
+        f"gone AS (DELETE FROM {metrics} m USING claimed x "
+        "WHERE m.customer_id = x.customer_id AND NOT EXISTS ("
+        f"SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)) "
         f"INSERT INTO {d.temp}.metrics_stale_found SELECT customer_id FROM claimed"
     )
     d.analyze_temp_table(cursor, "metrics_stale_found")
-    # The rows of customers deleted since (listed by a trigger): nobody reads them again.
-    cursor.execute(
-        f"DELETE FROM {metrics} m USING {d.temp}.metrics_stale_found x "
-        "WHERE m.customer_id = x.customer_id AND NOT EXISTS ("
-        f"SELECT 1 FROM {Customer._meta.db_table} c WHERE c.id = m.customer_id)"
-    )
     d.create_temp_table(
         cursor,
         "metrics_stale",
