@@ -753,17 +753,21 @@ def _step_scores(
     return n
 
 
-#: Columns that follow from the aggregates alone (unchanged for a customer who is not stale).
-_AGGREGATE_COLUMNS = (
-    "first_purchase_at",
-    "last_purchase_at",
-    "frequency",
-    "monetary",
-    "last_activity_at",
-    "event_counts_30d",
-    "event_counts_90d",
-    "events_30d",
-    "events_90d",
+#: Columns that follow from the aggregates alone (unchanged for a customer who is not stale):
+#: all the written ones but those that depend on the as-of, on other customers or on models.
+_AGGREGATE_COLUMNS = tuple(
+    column
+    for column in _WRITTEN_COLUMNS
+    if column
+    not in (
+        "recency_days",
+        "r_score",
+        "f_score",
+        "m_score",
+        "rfm_segment",
+        "engagement_points",
+        "engagement_tier",
+    )
 )
 
 
