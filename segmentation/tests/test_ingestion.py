@@ -196,6 +196,21 @@ def test_a_repeated_event_id_is_a_duplicate_not_a_second_event():
     assert Event.objects.count() == 3
 
 
+@pytest.mark.postgres
+def test_a_duplicate_stored_after_the_check_is_still_a_duplicate(require_postgres, monkeypatch):
+    """Another request may store an event id between the batch's check for repeats and its
+    insert: the plain insert fails on the unique index and the batch goes in skipping it."""
+    from segmentation.services import events as events_module
+
+    upsert({"external_id": "a"})
+    base = {"customer": "a", "type": "purchase", "occurred_at": "2024-05-01T00:00:00Z"}
+    ingest({**base, "event_id": "c-1"})
+    monkeypatch.setattr(events_module, "_REPEATS_SQL", "SELECT FALSE")
+    result = ingest({**base, "event_id": "c-1"}, {**base, "event_id": "c-2"})
+    assert (result.accepted, result.duplicates, result.rejected) == (1, 1, [])
+    assert sorted(Event.objects.values_list("event_id", flat=True)) == ["c-1", "c-2"]
+
+
 @pytest.mark.parametrize(
     ("row", "column"),
     [
