@@ -731,9 +731,11 @@ def _step_scores(
                   WHERE frequency > 0 GROUP BY {column}) g
         )"""
 
-    select = f"""
-        SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
-        FROM (
+    def rank(key: str) -> str:
+        return f"CAST(1 + (5 * (rank() OVER (ORDER BY {key}) - 1)) / %s AS INTEGER)"
+
+    if d.postgres:  # hash joins to the grouped values
+        scores = f"""
             SELECT a.customer_id,
                    CAST(1 + (5 * r.w) / %s AS INTEGER) AS r_score,
                    CAST(1 + (5 * f.w) / %s AS INTEGER) AS f_score,
@@ -744,7 +746,19 @@ def _step_scores(
             JOIN {below(d.monetary_cents("monetary"), "ASC")} m
                 ON m.v = {d.monetary_cents("a.monetary")}
             WHERE a.frequency > 0
-        ) s
+        """
+    else:  # SQLite would join the grouped subqueries by nested loops: rank() instead
+        scores = f"""
+            SELECT a.customer_id,
+                   {rank("a.recency_days DESC")} AS r_score,
+                   {rank("a.frequency ASC")} AS f_score,
+                   {rank(d.monetary_cents("a.monetary") + " ASC")} AS m_score
+            FROM {table} a
+            WHERE a.frequency > 0
+        """
+    select = f"""
+        SELECT s.customer_id, s.r_score, s.f_score, s.m_score, {segment_sql} AS rfm_segment
+        FROM ({scores}) s
     """
     # N is a parameter rather than count(*) OVER (), which would buffer every row again.
     d.create_temp_table(cursor, "metrics_scores", select, [*segment_params, n, n, n])
