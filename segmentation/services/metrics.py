@@ -142,11 +142,10 @@ RFM_SEGMENT_MAX_LENGTH = 100  # CustomerMetrics.rfm_segment
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Columns the recompute owns (emails_* belong to campaigns and are never written).
-_WRITTEN_COLUMNS = (
+#: Columns that follow from the aggregates alone (unchanged for a customer who is not stale).
+_AGGREGATE_COLUMNS = (
     "first_purchase_at",
     "last_purchase_at",
-    "recency_days",
     "frequency",
     "monetary",
     "last_activity_at",
@@ -154,6 +153,10 @@ _WRITTEN_COLUMNS = (
     "event_counts_90d",
     "events_30d",
     "events_90d",
+)
+#: Columns that depend on the as-of, on the other customers or on the RFM and points models.
+_DERIVED_COLUMNS = (
+    "recency_days",
     "r_score",
     "f_score",
     "m_score",
@@ -161,6 +164,8 @@ _WRITTEN_COLUMNS = (
     "engagement_points",
     "engagement_tier",
 )
+# Columns the recompute owns (emails_* belong to campaigns and are never written).
+_WRITTEN_COLUMNS = _AGGREGATE_COLUMNS + _DERIVED_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -767,24 +772,6 @@ def _step_scores(
     return n
 
 
-#: Columns that follow from the aggregates alone (unchanged for a customer who is not stale):
-#: all the written ones but those that depend on the as-of, on other customers or on models.
-_AGGREGATE_COLUMNS = tuple(
-    column
-    for column in _WRITTEN_COLUMNS
-    if column
-    not in (
-        "recency_days",
-        "r_score",
-        "f_score",
-        "m_score",
-        "rfm_segment",
-        "engagement_points",
-        "engagement_tier",
-    )
-)
-
-
 def _recomputed_rows(d: _Dialect, *, stale_only: bool) -> str:
     """The engagement step's input rows (``y``) for the customers whose aggregates are in
     ``metrics_agg``: every customer, or (``stale_only``) those in ``metrics_stale``."""
@@ -908,7 +895,6 @@ def _step_engagement(
     def differ(columns) -> str:
         return " OR ".join(f"w.old_{column} {d.distinct} w.{column}" for column in columns)
 
-    derived = [c for c in _WRITTEN_COLUMNS if c not in _AGGREGATE_COLUMNS]
     select = f"""
         SELECT w.customer_id, w.has_row, w.stale, {", ".join(f"w.{c}" for c in _WRITTEN_COLUMNS)}
         FROM (
@@ -918,7 +904,7 @@ def _step_engagement(
                 FROM ({rows}) y{d.fence}
             ) z
         ) w
-        WHERE NOT w.has_row OR w.old_computed_at IS NULL OR {differ(derived)}
+        WHERE NOT w.has_row OR w.old_computed_at IS NULL OR {differ(_DERIVED_COLUMNS)}
            OR (w.stale AND ({differ(_AGGREGATE_COLUMNS)}))
     """
     d.create_temp_table(cursor, "metrics_new", select, [*tier_params, *points_params, *rows_params])
