@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,6 +84,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from abtest.db import postgres_local_settings
 from abtest.errors import ServiceError
 from segmentation.models import (
     Customer,
@@ -350,26 +352,19 @@ def _epoch_micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-_EVENT_TYPES_SQL = """
-WITH RECURSIVE t(type) AS (
-    SELECT min(type) FROM {events}
-    UNION ALL
-    SELECT (SELECT min(e.type) FROM {events} e WHERE e.type > t.type) FROM t
-    WHERE t.type IS NOT NULL
-)
-SELECT t.type FROM t
-WHERE t.type IS NOT NULL AND EXISTS (
-    SELECT 1 FROM {events} e WHERE e.type = t.type AND e.occurred_at > %s AND e.occurred_at <= %s
-)
-ORDER BY t.type
-"""
-
-
 def _window_types(cursor, d: _Dialect, *, as_of: datetime) -> list[str]:
     """The event types with an event in the 90 days up to as_of: a skip scan of the
     (type, occurred_at) index, a few probes per type, never a scan of the events."""
     cursor.execute(
-        _EVENT_TYPES_SQL.format(events=Event._meta.db_table),
+        f"""
+        WITH RECURSIVE {_types_cte()}
+        SELECT t.type FROM t
+        WHERE t.type IS NOT NULL AND EXISTS (
+            SELECT 1 FROM {Event._meta.db_table} e
+            WHERE e.type = t.type AND e.occurred_at > %s AND e.occurred_at <= %s
+        )
+        ORDER BY t.type
+        """,
         [d.datetime_param(as_of - WINDOW_90D), d.datetime_param(as_of)],
     )
     return [row[0] for row in cursor.fetchall()]
@@ -995,15 +990,14 @@ def metrics_recompute(
             progress(label)
         return value
 
-    with transaction.atomic(), connection.cursor() as cursor:
+    with (
+        transaction.atomic(),
+        postgres_local_settings(**POSTGRES_SETTINGS),
+        ExitStack() as settings_stack,
+        connection.cursor() as cursor,
+    ):
         if d.postgres:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-            previous = {}
-            for name, value in POSTGRES_SETTINGS.items():
-                cursor.execute(
-                    "SELECT current_setting(%s), set_config(%s, %s, true)", [name, name, value]
-                )
-                previous[name] = cursor.fetchone()[0]
         segments = _rfm_segments()
         definition = engagement_model_active_definition()
         computed_at = timezone.now()
@@ -1018,11 +1012,7 @@ def metrics_recompute(
             full=full,
         )
         if increment is not None:
-            for name, value in INCREMENTAL_POSTGRES_SETTINGS.items():
-                cursor.execute(
-                    "SELECT current_setting(%s), set_config(%s, %s, true)", [name, name, value]
-                )
-                previous.setdefault(name, cursor.fetchone()[0])
+            settings_stack.enter_context(postgres_local_settings(**INCREMENTAL_POSTGRES_SETTINGS))
             recomputed = run(
                 _AGGREGATES,
                 lambda: _step_aggregates_incremental(
@@ -1034,6 +1024,9 @@ def metrics_recompute(
                     increment=increment,
                 ),
             )
+            source = "metrics_rank"
+            stored_sql, rows_params = _stored_rows(d, as_of=as_of, increment=increment)
+            rows = _recomputed_rows(d, stale_only=True) + " UNION ALL " + stored_sql
         else:
             if d.postgres:
                 # Everyone is recomputed, so the list of stale customers is moot; and the
@@ -1051,11 +1044,6 @@ def metrics_recompute(
                 ),
             )
             recomputed = None
-        if increment is not None:
-            source = "metrics_rank"
-            stored_sql, rows_params = _stored_rows(d, as_of=as_of, increment=increment)
-            rows = _recomputed_rows(d, stale_only=True) + " UNION ALL " + stored_sql
-        else:
             source, rows, rows_params = "metrics_agg", _recomputed_rows(d, stale_only=False), []
         scored = run(_SCORES, lambda: _step_scores(cursor, d, segments=segments, source=source))
         run(
@@ -1090,9 +1078,6 @@ def metrics_recompute(
             "metrics_rank",
         ):
             d.drop_temp_table(cursor, name)
-        if d.postgres:
-            for name, value in previous.items():
-                cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
     return MetricsRecomputeResult(
         as_of=as_of,
