@@ -217,8 +217,7 @@ class RuleTiming:
 def _count_sql(rule: dict, now: dt.datetime) -> tuple[str, tuple]:
     from django.db import connection
 
-    from segmentation.models import Customer
-    from segmentation.rules import rule_compile
+    from segmentation.rules import rule_matches
 
     captured: list[tuple[str, tuple]] = []
 
@@ -229,7 +228,7 @@ def _count_sql(rule: dict, now: dt.datetime) -> tuple[str, tuple]:
         raise _Captured
 
     with connection.execute_wrapper(capture), contextlib.suppress(_Captured):
-        Customer.objects.filter(rule_compile(rule, now=now)).count()
+        rule_matches(rule, now=now).ids.count()
     return captured[-1]
 
 

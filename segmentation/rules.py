@@ -70,11 +70,14 @@ from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from segmentation.models import (
+    Customer,
     CustomerEventSummary,
+    CustomerMetrics,
     Event,
     Segment,
     SegmentKind,
     SegmentMembership,
+    StaleCustomerMetrics,
     SubscriptionStatus,
 )
 
@@ -709,6 +712,13 @@ def rule_compile(rule: Any, *, now: dt.datetime | None = None, event_summary: bo
     ``event_summary=False`` reads events directly even where the event summary could serve
     (same customers; no query to read the summary's cutoff).
     """
+    tree, ids, cutoff = _prepare(rule, event_summary)
+    compiler = _Compiler(now or timezone.now(), ids, connection.vendor, cutoff)
+    return compiler.node(tree)
+
+
+def _prepare(rule: Any, event_summary: bool) -> tuple[_Group, dict[str, int], Any]:
+    """The parsed rule, its segments' ids, and the event summary's cutoff where it serves."""
     tree = _parse(rule)
     ids = _segment_ids(tree)
     cutoff = None
@@ -717,8 +727,103 @@ def rule_compile(rule: Any, *, now: dt.datetime | None = None, event_summary: bo
         from segmentation.services.event_summary import event_summary_cutoff
 
         cutoff = event_summary_cutoff()
-    compiler = _Compiler(now or timezone.now(), ids, connection.vendor, cutoff)
-    return compiler.node(tree)
+    return tree, ids, cutoff
+
+
+@dataclass(frozen=True)
+class RuleMatches:
+    """The customers a rule matches, as two querysets over the same compiled conditions.
+
+    ``ids``: one column, ``cid`` (the customer id), for counting and for materializing
+    memberships; ``customers``: the ``Customer`` rows, for listing a sample.
+    """
+
+    ids: QuerySet
+    customers: QuerySet
+
+
+def rule_matches(
+    rule: Any, *, now: dt.datetime | None = None, event_summary: bool = True
+) -> RuleMatches:
+    """The customers ``rule`` matches, read from the cheapest table.
+
+    On PostgreSQL, a rule that only a customer with a metrics row can match (a positive
+    metrics condition in every branch, see ``_needs_metrics_row``) and that names no customer
+    field is evaluated over ``CustomerMetrics`` alone: the same customers as
+    ``Customer.objects.filter(rule_compile(rule))``, without joining the customers. Metrics rows
+    carry no foreign key; a customer deleted since the last recompute is excluded through the
+    stale list (``_live_metrics``). Otherwise the query is over ``Customer``, as
+    ``rule_compile`` gives it.
+    """
+    tree, ids, cutoff = _prepare(rule, event_summary)
+    now = now or timezone.now()
+    if connection.vendor == "postgresql" and _metrics_only(tree) and _needs_metrics_row(tree):
+        q = _Compiler(now, ids, connection.vendor, cutoff, metrics_root=True).node(tree)
+        matching = CustomerMetrics.objects.filter(q, _live_metrics())
+        return RuleMatches(
+            ids=matching.values(cid=F("customer_id")),
+            customers=Customer.objects.filter(pk__in=matching.values("customer_id")),
+        )
+    customers = Customer.objects.filter(_Compiler(now, ids, connection.vendor, cutoff).node(tree))
+    return RuleMatches(ids=customers.values(cid=F("pk")), customers=customers)
+
+
+def _metrics_only(tree: _Group) -> bool:
+    """No condition on a customer field or attribute anywhere in the rule."""
+    return not any(
+        isinstance(n, _FieldCondition) and not n.field.lookup.startswith(_METRICS_PREFIX)
+        for n in _walk(tree)
+    )
+
+
+#: Metrics conditions false for a customer without a metrics row: every comparison with a
+#: missing value is false, and ``is_set`` tests IS NOT NULL (every metrics field is declared
+#: nullable, see ``_metric``); not the negations.
+_NEEDS_ROW_OPS = frozenset(
+    {
+        "is_set",
+        "eq",
+        "in",
+        "contains",
+        "starts_with",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "between",
+        "before",
+        "after",
+        "within_last_days",
+        "not_within_last_days",
+    }
+)
+_METRICS_PREFIX = "metrics__"
+
+
+def _needs_metrics_row(node: _Node) -> bool:
+    """Whether the node is false for every customer without a metrics row."""
+    if isinstance(node, _FieldCondition):
+        return node.field.lookup.startswith(_METRICS_PREFIX) and node.op in _NEEDS_ROW_OPS
+    if isinstance(node, _Group):
+        if node.kind == "all":
+            return any(_needs_metrics_row(child) for child in node.children)
+        return bool(node.children) and all(_needs_metrics_row(c) for c in node.children)
+    return False
+
+
+def _live_metrics() -> Q:
+    """Metrics rows whose customer exists.
+
+    Every deletion of a customer puts their id on the stale list (a trigger, migration 0007),
+    and only the metrics recompute takes ids off it, deleting the rows of the customers that
+    are gone in the same statement; a TRUNCATE of the customers empties the metrics
+    (migration 0008). So a metrics row without a customer is on the stale list, which is
+    short: one hashed anti-join against it, not a join with every customer.
+    """
+    deleted = StaleCustomerMetrics.objects.filter(customer_id=OuterRef("pk")).exclude(
+        Exists(Customer.objects.filter(pk=OuterRef("customer_id")))
+    )
+    return ~Exists(deleted)
 
 
 def rule_has_event_conditions(rule: Any) -> bool:
@@ -734,12 +839,27 @@ _EVERYTHING = ~Q(pk__in=[])
 
 class _Compiler:
     def __init__(
-        self, now: dt.datetime, segment_ids: dict[str, int], vendor: str, cutoff: Any = None
+        self,
+        now: dt.datetime,
+        segment_ids: dict[str, int],
+        vendor: str,
+        cutoff: Any = None,
+        *,
+        metrics_root: bool = False,
     ):
         self.now = now
         self.segment_ids = segment_ids
         self.vendor = vendor
         self.cutoff = cutoff  # event_summary.SummaryCutoff, or None: read the events only
+        # Compile for a query over CustomerMetrics (metrics fields only; its pk is the
+        # customer id, so the event and segment conditions read the same).
+        self.metrics_root = metrics_root
+
+    def path(self, f: RuleField) -> str:
+        if self.metrics_root:
+            assert f.lookup.startswith(_METRICS_PREFIX), f.name
+            return f.lookup.removeprefix(_METRICS_PREFIX)
+        return f.lookup
 
     def node(self, node: _Node) -> Q:
         if isinstance(node, _Group):
@@ -765,11 +885,11 @@ class _Compiler:
     # join to LEFT OUTER under OR/NOT and guards negations against NULLs.
 
     def field(self, c: _FieldCondition) -> Q:
-        f, op, value, path = c.field, c.op, c.value, c.field.lookup
+        f, op, value, path = c.field, c.op, c.value, self.path(c.field)
         if op == "is_set":
-            return self.present(f)
+            return self.present(f, path)
         if op == "is_not_set":
-            return ~self.present(f)
+            return ~self.present(f, path)
         if op in ("neq", "not_in"):
             positive = self.field(replace(c, op="eq" if op == "neq" else "in"))
             if f.nullable:
@@ -823,8 +943,7 @@ class _Compiler:
         return Q(**{f"{path}__lt": _day_start(value + dt.timedelta(days=1))})
 
     @staticmethod
-    def present(f: RuleField) -> Q:
-        path = f.lookup
+    def present(f: RuleField, path: str) -> Q:
         q = Q(**{f"{path}__isnull": False}) if f.nullable else None
         if f.type is FieldType.TEXT:
             not_empty = ~Q(**{path: ""})

@@ -158,6 +158,8 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter, *, full_metrics: bo
         metrics_recompute(as_of=run.as_of, progress=progress, full=full_metrics)
         analyze_if_stale("segmentation_customermetrics", "segmentation_segmentmembership")
         segments_refresh_all(now=run.as_of, progress=progress)
+        # For the previews and the next run: rules naming segments read the memberships.
+        analyze_if_stale("segmentation_segmentmembership")
     except Exception as error:
         _update(
             run,

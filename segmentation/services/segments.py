@@ -34,7 +34,7 @@ from segmentation.models import (
 )
 from segmentation.rules import (
     RuleError,
-    rule_compile,
+    rule_matches,
     rule_referenced_segments,
     rule_validate_references,
 )
@@ -318,10 +318,9 @@ def segment_target_queryset(*, segment: Segment, now: dt.datetime | None = None)
         return CustomerMetrics.objects.filter(rfm_segment=segment.slug).values(cid=F("customer_id"))
     if segment.kind == SegmentKind.RULE:
         try:
-            q = rule_compile(segment.rule, now=now)
+            return rule_matches(segment.rule, now=now).ids
         except RuleError as error:
             raise SegmentRuleInvalid(error) from error
-        return Customer.objects.filter(q).values(cid=F("pk"))
     return SegmentMembership.objects.filter(segment=segment, left_at__isnull=True).values(
         cid=F("customer_id")
     )

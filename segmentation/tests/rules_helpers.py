@@ -7,7 +7,7 @@ import datetime as dt
 from decimal import Decimal
 
 from segmentation.models import Customer, CustomerMetrics, Event
-from segmentation.rules import rule_compile
+from segmentation.rules import rule_compile, rule_matches
 from segmentation.tests.factories import CustomerFactory, EventFactory
 
 UTC = dt.UTC
@@ -116,9 +116,20 @@ def make_events(people: dict[str, Customer]) -> None:
 
 
 def matches(rule: dict, *, now: dt.datetime = NOW) -> set[str]:
-    """External ids of the customers the rule matches."""
+    """External ids of the customers the rule matches.
+
+    Checks that ``rule_matches`` (which counts metrics-only rules over the metrics table on
+    PostgreSQL) finds the same customers as the plain ``Customer`` query of ``rule_compile``.
+    """
     q = rule_compile(rule, now=now)
-    return set(Customer.objects.filter(q).values_list("external_id", flat=True))
+    found = set(Customer.objects.filter(q).values_list("external_id", flat=True))
+    rooted = rule_matches(rule, now=now)
+    ids = list(rooted.ids.values_list("cid", flat=True))
+    assert len(ids) == len(set(ids)), rule
+    by_ids = set(Customer.objects.filter(pk__in=ids).values_list("external_id", flat=True))
+    assert by_ids == found, rule
+    assert set(rooted.customers.values_list("external_id", flat=True)) == found, rule
+    return found
 
 
 def one(condition: dict) -> dict:

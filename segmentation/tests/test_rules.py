@@ -20,6 +20,7 @@ from segmentation.rules import (
     rule_compile,
     rule_field,
     rule_find_cycle,
+    rule_matches,
     rule_referenced_segments,
     rule_validate,
     rule_validate_references,
@@ -759,3 +760,118 @@ def test_compiled_rule_works_inside_a_subquery(events):
     inner = Customer.objects.filter(rule_compile(rule, now=NOW)).values("pk")
     outer = Customer.objects.filter(pk__in=inner).values_list("external_id", flat=True)
     assert set(outer) == {"bob", "carol"}
+
+
+# --- Where a rule is evaluated: the customers, or the metrics alone -----------------------------
+
+METRICS_ONLY_RULES = [
+    one({"field": "metrics.frequency", "op": "gte", "value": 1}),
+    one({"field": "metrics.rfm_segment", "op": "is_set"}),
+    {
+        "any": [
+            {"all": [{"field": "metrics.r_score", "op": "gte", "value": 4}]},
+            {"field": "metrics.engagement_tier", "op": "eq", "value": "Star"},
+        ]
+    },
+    {
+        "all": [
+            {"field": "metrics.frequency", "op": "lte", "value": 1},
+            {"field": "metrics.frequency", "op": "neq", "value": 1},
+            {"event": "purchase", "op": "fewer_than", "count": 2},
+            {"segment": "vip", "op": "not_in"},
+        ]
+    },
+]
+CUSTOMER_RULES = [
+    {"all": []},
+    one({"field": "metrics.frequency", "op": "neq", "value": 1}),
+    one({"field": "metrics.recency_days", "op": "is_not_set"}),
+    one({"field": "metrics.frequency", "op": "not_in", "value": [1]}),
+    {
+        "any": [
+            {"field": "metrics.frequency", "op": "gte", "value": 1},
+            {"event": "session", "op": "at_least", "count": 1},
+        ]
+    },
+    {"any": []},
+    {
+        "all": [
+            {"field": "metrics.frequency", "op": "gte", "value": 1},
+            {"field": "email", "op": "contains", "value": "example"},
+        ]
+    },
+    {
+        "all": [
+            {"field": "metrics.frequency", "op": "gte", "value": 1},
+            {"field": "attributes.plan", "op": "eq", "value": "pro"},
+        ]
+    },
+]
+
+
+def _from_table(rule: dict) -> str:
+    sql, _ = rule_matches(rule, now=NOW).ids.query.sql_with_params()
+    return sql.split(" FROM ", 1)[1].split()[0].strip('"')
+
+
+@pytest.mark.postgres
+def test_metrics_only_rules_read_the_metrics_table_alone(events, require_postgres):
+    SegmentFactory(slug="vip", kind="static")
+    for rule in METRICS_ONLY_RULES:
+        assert _from_table(rule) == "segmentation_customermetrics", rule
+        sql = str(rule_matches(rule, now=NOW).ids.query)
+        assert 'JOIN "segmentation_customer"' not in sql, rule
+    for rule in CUSTOMER_RULES:
+        if rule == {"any": []}:
+            continue  # matches nobody: no SQL at all
+        assert _from_table(rule) == "segmentation_customer", rule
+    expected = [{"alice", "bob"}, {"alice", "bob"}, {"alice"}, {"dave"}]
+    for rule, found in zip(METRICS_ONLY_RULES, expected, strict=True):
+        assert matches(rule) == found, rule
+
+
+def test_other_databases_read_the_customers(events):
+    if connection.vendor == "postgresql":
+        pytest.skip("PostgreSQL reads metrics-only rules from the metrics table")
+    SegmentFactory(slug="vip", kind="static")
+    for rule in METRICS_ONLY_RULES:
+        assert _from_table(rule) == "segmentation_customer", rule
+
+
+@pytest.mark.postgres
+def test_metrics_rows_of_deleted_customers_are_not_counted(events, require_postgres):
+    from segmentation.models import CustomerMetrics, StaleCustomerMetrics
+    from segmentation.selectors import segment_preview
+    from segmentation.services.metrics import metrics_recompute
+
+    rule = one({"field": "metrics.frequency", "op": "gte", "value": 1})
+    alice, bob = events["alice"], events["bob"]
+    assert matches(rule) == {"alice", "bob"}
+    # Behind the ORM's back: the metrics row stays, the trigger lists alice as stale.
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM segmentation_customer WHERE id = %s", [alice.pk])
+    assert CustomerMetrics.objects.filter(pk=alice.pk).exists()
+    assert StaleCustomerMetrics.objects.filter(customer_id=alice.pk).exists()
+    assert set(rule_matches(rule, now=NOW).ids.values_list("cid", flat=True)) == {bob.pk}
+    assert rule_matches(rule, now=NOW).ids.count() == 1
+    assert segment_preview(rule=rule, now=NOW).count == 1
+    # A stale customer who still exists is counted.
+    StaleCustomerMetrics.objects.create(customer_id=bob.pk)
+    assert rule_matches(rule, now=NOW).ids.count() == 1
+    metrics_recompute(as_of=NOW)
+    assert not CustomerMetrics.objects.filter(pk=alice.pk).exists()
+    assert not StaleCustomerMetrics.objects.exists()
+    assert matches(rule) == {"bob"}
+
+
+@pytest.mark.postgres
+def test_truncating_the_customers_empties_their_metrics(people, require_postgres):
+    from segmentation.models import CustomerMetrics, StaleCustomerMetrics
+
+    StaleCustomerMetrics.objects.create(customer_id=people["bob"].pk)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE segmentation_customer CASCADE")
+    assert not CustomerMetrics.objects.exists()
+    assert not StaleCustomerMetrics.objects.exists()
+    rule = one({"field": "metrics.frequency", "op": "gte", "value": 0})
+    assert rule_matches(rule).ids.count() == 0

@@ -6,12 +6,12 @@ from contextlib import contextmanager
 
 import pytest
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F
 from django.db.models.expressions import RawSQL
 from django.test.utils import CaptureQueriesContext
 
 from segmentation.models import Customer, EngagementModel, Segment, SegmentMembership
-from segmentation.rules import RuleError
+from segmentation.rules import RuleError, RuleMatches
 from segmentation.selectors import (
     PreviewCustomer,
     SegmentPreview,
@@ -116,8 +116,14 @@ def test_a_preview_that_takes_too_long_is_stopped_with_a_clear_error(
 ):
     from segmentation import selectors
 
-    slow = Q(pk__in=RawSQL("SELECT id FROM segmentation_customer, pg_sleep(0.5)", []))
-    monkeypatch.setattr(selectors, "rule_compile", lambda rule, now=None, **kw: slow)
+    slow = Customer.objects.filter(
+        pk__in=RawSQL("SELECT id FROM segmentation_customer, pg_sleep(0.5)", [])
+    )
+    monkeypatch.setattr(
+        selectors,
+        "rule_matches",
+        lambda rule, now=None, **kw: RuleMatches(ids=slow.values(cid=F("pk")), customers=slow),
+    )
     monkeypatch.setattr(selectors, "PREVIEW_TIMEOUT_SECONDS", 0.05)
     with pytest.raises(SegmentPreviewTooSlow, match="took longer than 0.05 seconds") as caught:
         segment_preview(rule={"all": []})
@@ -129,24 +135,25 @@ def test_a_preview_that_takes_too_long_is_stopped_with_a_clear_error(
 @pytest.mark.postgres
 def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(require_postgres, people):
     seen = {}
+    settings_sql = (
+        "SELECT current_setting('work_mem'), current_setting('statement_timeout'), "
+        "current_setting('max_parallel_workers_per_gather'), current_setting('jit')"
+    )
 
     def spy(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
         if "count(" in sql.lower():
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
-                )
+                cursor.execute(settings_sql)
                 seen["settings"] = cursor.fetchone()
         return result
 
-    settings_sql = "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
     with connection.cursor() as cursor:
         cursor.execute(settings_sql)
         before = cursor.fetchone()
     with connection.execute_wrapper(spy):
         segment_preview(rule={"all": []}, sample_size=0)
-    assert seen["settings"] == ("128MB", "15s")
+    assert seen["settings"] == ("128MB", "15s", "1", "off")
     with connection.cursor() as cursor:  # and only for the preview
         cursor.execute(settings_sql)
         assert cursor.fetchone() == before
