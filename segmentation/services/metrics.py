@@ -912,6 +912,9 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
 
     Returns (rows inserted, rows inserted or updated). A row another transaction inserts
     meanwhile (the campaigns app counting an email) is left alone until the next run.
+    New rows go in in customer order: a first recompute inserts a million of them, and in
+    the hash join's order every insert lands on a random leaf of the primary key (measured
+    at 1M rows: 12-14 s unordered, 5 s ordered, the sort included).
     """
     table = CustomerMetrics._meta.db_table
     stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
@@ -943,6 +946,7 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
         SELECT n.customer_id, {values}, 0, 0, 0, %s, %s
         FROM {d.temp}.metrics_new n
         WHERE NOT n.has_row
+        ORDER BY n.customer_id
         ON CONFLICT (customer_id) DO NOTHING
         """,
         stamps,
