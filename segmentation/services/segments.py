@@ -427,16 +427,32 @@ def _mark_leavers(segment: Segment, now: dt.datetime) -> int:
 
 
 def _insert_joiners(segment: Segment, now: dt.datetime) -> int:
+    """Insert the targets who are not current members.
+
+    When the segment has no current members (its first refresh, or everyone left), every
+    target joins: no anti-join. That is also the case the anti-join plans worst: on a
+    membership table that looked empty when last analyzed (a first refresh of all segments),
+    PostgreSQL probes it with a sequential scan per target, rescanning the rows this very
+    statement inserts (measured: 12 s for 50,000 joiners instead of 0.2 s).
+    """
     membership, _ = _tables()
-    sql = (
+    insert = (
         f"INSERT INTO {membership} (segment_id, customer_id, joined_at, left_at) "
-        f"SELECT %s, t.cid, %s, NULL FROM segment_target t "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {membership} m "
-        f"WHERE m.segment_id = %s AND m.left_at IS NULL "
-        f"AND m.customer_id = t.cid)"
+        f"SELECT %s, t.cid, %s, NULL FROM segment_target t"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, (segment.pk, _db_datetime(now), segment.pk))
+        cursor.execute(
+            f"SELECT 1 FROM {membership} WHERE segment_id = %s AND left_at IS NULL LIMIT 1",
+            [segment.pk],
+        )
+        if cursor.fetchone() is None:
+            cursor.execute(insert, (segment.pk, _db_datetime(now)))
+            return cursor.rowcount
+        cursor.execute(
+            f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {membership} m "
+            f"WHERE m.segment_id = %s AND m.left_at IS NULL AND m.customer_id = t.cid)",
+            (segment.pk, _db_datetime(now), segment.pk),
+        )
         return cursor.rowcount
 
 

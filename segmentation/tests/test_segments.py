@@ -8,6 +8,7 @@ from django.db import connection
 
 from abtest.errors import ServiceError
 from segmentation.models import (
+    Customer,
     CustomerMetrics,
     Segment,
     SegmentMembership,
@@ -241,6 +242,21 @@ def test_refresh_records_joins_and_leaves_across_refreshes(people):
     alice = SegmentMembership.objects.get(segment=segment, customer=people["alice"])
     assert (alice.joined_at, alice.left_at) == (NOW, None)
 
+    # Everyone leaves; then alice comes back to an empty segment (no current member: every
+    # target joins without the anti-join).
+    Customer.objects.update(subscription_status="bounced")
+    fourth = segment_refresh(segment=segment, now=NOW + 3 * DAY)
+    assert (fourth.joined, fourth.left, fourth.size) == (0, 3, 0)
+    Customer.objects.filter(pk=people["alice"].pk).update(subscription_status="subscribed")
+    fifth = segment_refresh(segment=segment, now=NOW + 4 * DAY)
+    assert (fifth.joined, fifth.left, fifth.size) == (1, 0, 1)
+    assert members(segment) == {"alice"}
+    stays = SegmentMembership.objects.filter(segment=segment, customer=people["alice"])
+    assert sorted(stays.values_list("joined_at", "left_at")) == [
+        (NOW, NOW + 3 * DAY),
+        (NOW + 4 * DAY, None),
+    ]
+
 
 def test_refresh_snapshots_add_up_over_the_day(people):
     segment = rule_segment("subscribed", SUBSCRIBED)
@@ -345,8 +361,9 @@ def test_refresh_is_set_based(people, django_assert_max_num_queries):
             ]
         },
     )
-    # 15: one of them reads the event summary's cutoff (PostgreSQL).
-    with django_assert_max_num_queries(15):
+    # 16: one of them reads the event summary's cutoff (PostgreSQL), one looks for a current
+    # member (none: every target joins without an anti-join).
+    with django_assert_max_num_queries(16):
         result = segment_refresh(segment=segment, now=NOW)
     assert result.joined == 34
 
