@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 from django.db import connection
@@ -875,3 +876,42 @@ def test_truncating_the_customers_empties_their_metrics(people, require_postgres
     assert not StaleCustomerMetrics.objects.exists()
     rule = one({"field": "metrics.frequency", "op": "gte", "value": 0})
     assert rule_matches(rule).ids.count() == 0
+
+
+def test_customer_rules_join_only_the_metrics_rows_their_conditions_can_use(events):
+    rule = {
+        "any": [
+            {"field": "metrics.frequency", "op": "gte", "value": 5},
+            {"field": "email", "op": "contains", "value": "sample"},
+            {"field": "locale", "op": "eq", "value": "fr-fr"},
+        ]
+    }
+    sql = str(rule_matches(rule, now=NOW).ids.query)
+    # The join carries the metrics condition, so only those rows are joined ...
+    joined = r'JOIN "segmentation_customermetrics" rule_metrics ON \(.*"frequency" >= 5'
+    assert re.search(joined, sql), sql
+    # ... and a customer whose row fails it still matches through the other conditions:
+    # dave (frequency 0, a sample.org address), carol (no metrics row, French).
+    assert matches(rule) == {"alice", "carol", "dave"}
+    # A negative metrics condition holds without a row: the whole metrics table is joined.
+    negative = {
+        "any": [
+            {"field": "metrics.frequency", "op": "neq", "value": 1},
+            {"field": "email", "op": "contains", "value": "sample"},
+        ]
+    }
+    assert "rule_metrics" not in str(rule_matches(negative, now=NOW).ids.query)
+    assert matches(negative) == {"alice", "carol", "dave"}
+
+
+def test_cheaper_conditions_are_tested_first(events):
+    rule = {
+        "any": [
+            {"event": "purchase", "op": "at_least", "count": 1},
+            {"field": "attributes.plan", "op": "eq", "value": "pro"},
+            {"field": "locale", "op": "eq", "value": "fr-fr"},
+        ]
+    }
+    where = str(rule_matches(rule, now=NOW).ids.query).split(" WHERE ", 1)[1]
+    assert where.index("locale") < where.index("attributes") < where.index("purchase")
+    assert matches(rule) == {"alice", "bob", "carol"}
