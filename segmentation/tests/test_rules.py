@@ -840,11 +840,16 @@ def test_other_databases_read_the_customers(events):
 
 
 @pytest.mark.postgres
-def test_metrics_rows_of_deleted_customers_are_not_counted(events, require_postgres):
+@pytest.mark.parametrize("hashed_max", [10_000, 0], ids=["short list", "long list"])
+def test_metrics_rows_of_deleted_customers_are_not_counted(
+    events, require_postgres, monkeypatch, hashed_max
+):
+    from segmentation import rules
     from segmentation.models import CustomerMetrics, StaleCustomerMetrics
     from segmentation.selectors import segment_preview
     from segmentation.services.metrics import metrics_recompute
 
+    monkeypatch.setattr(rules, "_STALE_HASHED_MAX", hashed_max)
     rule = one({"field": "metrics.frequency", "op": "gte", "value": 1})
     alice, bob = events["alice"], events["bob"]
     assert matches(rule) == {"alice", "bob"}
@@ -853,6 +858,9 @@ def test_metrics_rows_of_deleted_customers_are_not_counted(events, require_postg
         cursor.execute("DELETE FROM segmentation_customer WHERE id = %s", [alice.pk])
     assert CustomerMetrics.objects.filter(pk=alice.pk).exists()
     assert StaleCustomerMetrics.objects.filter(customer_id=alice.pk).exists()
+    sql = str(rule_matches(rule, now=NOW).ids.query)
+    hashed = '"customer_id" IN (SELECT V0."customer_id" AS "customer_id" FROM "segmentation_stale'
+    assert (hashed in sql) == (hashed_max > 0), sql
     assert set(rule_matches(rule, now=NOW).ids.values_list("cid", flat=True)) == {bob.pk}
     assert rule_matches(rule, now=NOW).ids.count() == 1
     assert segment_preview(rule=rule, now=NOW).count == 1
