@@ -553,22 +553,34 @@ def static_segment_add(
     with transaction.atomic():
         segment = _lock_static(segment)
         found, unknown = _resolve(customer_ids, external_ids, emails)
-        membership, customer = _tables()
         added = 0
         with connection.cursor() as cursor:
             for chunk in _chunks(sorted(found)):
-                placeholders = ", ".join(["%s"] * len(chunk))
-                cursor.execute(
-                    f"INSERT INTO {membership} (segment_id, customer_id, joined_at, left_at) "
-                    f"SELECT %s, c.id, %s, NULL FROM {customer} c WHERE c.id IN ({placeholders}) "
-                    f"AND NOT EXISTS (SELECT 1 FROM {membership} m "
-                    f"WHERE m.segment_id = %s AND m.left_at IS NULL "
-                    f"AND m.customer_id = c.id)",
-                    (segment.pk, _db_datetime(now), *chunk, segment.pk),
-                )
+                cursor.execute(*_static_add_sql(segment, chunk, now))
                 added += cursor.rowcount
         _record(segment, now=now, joined=added, left=0)
     return StaticChange(added, unknown)
+
+
+def _static_add_sql(
+    segment: Segment, chunk: Sequence[int], now: dt.datetime
+) -> tuple[str, tuple[Any, ...]]:
+    """Insert the chunk's customers who exist and are not current members.
+
+    The current members among the chunk are read once (``NOT IN`` a subquery bounded by the
+    chunk: always a hashed subquery). A correlated ``NOT EXISTS`` was planned, on a
+    membership table that looked empty when last analyzed, as a sequential scan per customer
+    that rescanned every row inserted so far: quadratic in the number of customers added.
+    """
+    membership, customer = _tables()
+    placeholders = ", ".join(["%s"] * len(chunk))
+    sql = (
+        f"INSERT INTO {membership} (segment_id, customer_id, joined_at, left_at) "
+        f"SELECT %s, c.id, %s, NULL FROM {customer} c WHERE c.id IN ({placeholders}) "
+        f"AND c.id NOT IN (SELECT m.customer_id FROM {membership} m "
+        f"WHERE m.segment_id = %s AND m.left_at IS NULL AND m.customer_id IN ({placeholders}))"
+    )
+    return sql, (segment.pk, _db_datetime(now), *chunk, segment.pk, *chunk)
 
 
 def static_segment_remove(

@@ -545,3 +545,22 @@ def test_slugs_that_are_page_addresses_are_reserved(db):
     assert segment_create(name="RFM", kind="static").slug == "rfm-2"
     with pytest.raises(ServiceError, match="reserved"):
         segment_create(name="Preview list", slug="preview", kind="static")
+
+
+@pytest.mark.postgres
+def test_membership_inserts_never_rescan_the_memberships_per_customer(people, require_postgres):
+    """On a membership table analyzed while empty, a correlated NOT EXISTS was planned as a
+    sequential scan per customer (rescanning the rows being inserted): quadratic."""
+    from segmentation.services.segments import _static_add_sql
+
+    static = segment_create(name="Hand", kind="static")
+    static_segment_add(segment=static, external_ids=["alice"], now=NOW)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE segmentation_segmentmembership")
+        ids = [people[name].pk for name in ("alice", "bob", "carol")]
+        sql, params = _static_add_sql(static, ids, NOW)
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "hashed SubPlan" in plan and "Nested Loop" not in plan, plan
+    assert static_segment_add(segment=static, customer_ids=ids, now=NOW) == (2, [])
+    assert members(static) == {"alice", "bob", "carol"}
