@@ -39,6 +39,12 @@ event summary (``segmentation.services.event_summary``) plus the events after it
 only "k >= 2 times in the last d days" counts events in the window. A rule with segment
 conditions needs a query at compile time to turn slugs into ids, and on PostgreSQL one with
 event conditions a query to read the summary's cutoff.
+
+``rule_matches`` (previews and segment refreshes) runs the same conditions from the cheapest
+table: on PostgreSQL, a rule only customers with a metrics row can match, naming no customer
+field, reads ``CustomerMetrics`` alone; other rules read the customers, joining only the
+metrics rows their metrics conditions can use when none of those is negative. Within every
+group, cheap conditions come first.
 """
 
 from __future__ import annotations

@@ -81,10 +81,11 @@ def segment_preview(
     """How many customers a rule matches now, and a few of them (the lowest ids).
 
     One COUNT and one LIMIT query (plus one to resolve slugs when the rule names segments,
-    and one to read the event summary's cutoff when it has event conditions; no count at
-    all for a rule that can match nobody), in one transaction with enough
-    memory for hashed subqueries and a time limit. Raises ``RuleError`` for an invalid rule
-    and ``SegmentPreviewTooSlow`` when the database gives up.
+    one to read the event summary's cutoff when it has event conditions, and one to see how
+    long the stale list is when the rule is read from the metrics alone, see
+    ``rule_matches``; no count at all for a rule that can match nobody), in one transaction
+    with enough memory for hashed subqueries and a time limit. Raises ``RuleError`` for an
+    invalid rule and ``SegmentPreviewTooSlow`` when the database gives up.
     """
     matches = rule_matches(rule, now=now, event_summary=False)
     try:
