@@ -349,5 +349,9 @@ PURCHASE_EVENT_TYPES = env_list("PURCHASE_EVENT_TYPES", ["purchase"])
 if not PURCHASE_EVENT_TYPES:
     raise ImproperlyConfigured("PURCHASE_EVENT_TYPES must name at least one event type.")
 
+#: PostgreSQL parallel workers one live segment preview may use (besides its own process).
+#: One by default: previews are interactive and several marketers may type at once.
+SEGMENT_PREVIEW_PARALLEL_WORKERS = env_int("SEGMENT_PREVIEW_PARALLEL_WORKERS", 1, minimum=0)
+
 #: Whether tests that need Postgres/Redis fail (instead of skip) when those are not configured.
 REQUIRE_SERVICES = env_bool("REQUIRE_SERVICES", False)

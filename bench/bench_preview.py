@@ -241,13 +241,13 @@ def explain_to_stderr(timing: RuleTiming, now: dt.datetime) -> None:
     from django.db import connection, transaction
 
     from abtest.db import postgres_local_settings
-    from segmentation.selectors import PREVIEW_POSTGRES_SETTINGS
+    from segmentation.selectors import preview_postgres_settings
 
     sql, params = _count_sql(timing.rule, now)
     how = "EXPLAIN" if timing.timed_out else "EXPLAIN (ANALYZE, BUFFERS)"
     with (
         transaction.atomic(),
-        postgres_local_settings(**PREVIEW_POSTGRES_SETTINGS),
+        postgres_local_settings(**preview_postgres_settings()),
         connection.cursor() as cursor,
     ):
         cursor.execute(f"{how} {sql}", params)

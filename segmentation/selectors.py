@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import OperationalError, connection, transaction
 from django.db.models import QuerySet
@@ -52,16 +53,20 @@ class SegmentPreview:
 PREVIEW_TIMEOUT_SECONDS = 15
 #: Memory for the preview's hashed subqueries (event windows inside "any" groups): with the
 #: default 4MB they do not fit, and PostgreSQL rescans the events once per customer. JIT
-#: compilation (tens of milliseconds) costs more than it saves on a count. One parallel worker:
-#: a preview is interactive and several marketers may be typing at once, so each uses at most
-#: two processes (on a 2-core server, the default two workers plus the leader made each
-#: preview 10-30% slower than one worker: three processes sharing two cores, each hashed
-#: subquery built three times).
-PREVIEW_POSTGRES_SETTINGS = {
-    "work_mem": "128MB",
-    "jit": "off",
-    "max_parallel_workers_per_gather": "1",
-}
+#: compilation (tens of milliseconds) costs more than it saves on a count. Parallel workers:
+#: ``settings.SEGMENT_PREVIEW_PARALLEL_WORKERS`` (default one: a preview is interactive and
+#: several marketers may be typing at once; on a 2-core server, the server's default two
+#: workers plus the leader made each preview 10-30% slower than one worker, three processes
+#: sharing two cores and each hashed subquery built three times).
+PREVIEW_POSTGRES_SETTINGS = {"work_mem": "128MB", "jit": "off"}
+
+
+def preview_postgres_settings() -> dict[str, str]:
+    """The settings a preview's transaction runs with (see ``PREVIEW_POSTGRES_SETTINGS``)."""
+    return {
+        **PREVIEW_POSTGRES_SETTINGS,
+        "max_parallel_workers_per_gather": str(settings.SEGMENT_PREVIEW_PARALLEL_WORKERS),
+    }
 
 
 class SegmentPreviewTooSlow(ServiceError):
@@ -96,7 +101,7 @@ def segment_preview(
         with (
             transaction.atomic(),
             postgres_local_settings(
-                **PREVIEW_POSTGRES_SETTINGS,
+                **preview_postgres_settings(),
                 statement_timeout=f"{round(PREVIEW_TIMEOUT_SECONDS * 1000)}ms",
             ),
         ):

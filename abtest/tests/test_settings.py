@@ -58,6 +58,8 @@ def run_django(code: str, extra_env: dict[str, str]) -> subprocess.CompletedProc
         ("API_THROTTLE_USER", "lots"),
         ("LOG_LEVEL", "LOUD"),
         ("CSRF_TRUSTED_ORIGINS", "abtest.example.com"),
+        ("SEGMENT_PREVIEW_PARALLEL_WORKERS", "-1"),
+        ("SEGMENT_PREVIEW_PARALLEL_WORKERS", "two"),
     ],
 )
 def test_bad_value_stops_startup_naming_the_variable(name, value):

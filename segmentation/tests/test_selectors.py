@@ -133,7 +133,12 @@ def test_a_preview_that_takes_too_long_is_stopped_with_a_clear_error(
 
 
 @pytest.mark.postgres
-def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(require_postgres, people):
+@pytest.mark.parametrize("workers", [None, 3])
+def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(
+    require_postgres, people, settings, workers
+):
+    if workers is not None:
+        settings.SEGMENT_PREVIEW_PARALLEL_WORKERS = workers
     seen = {}
     settings_sql = (
         "SELECT current_setting('work_mem'), current_setting('statement_timeout'), "
@@ -153,7 +158,7 @@ def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(require
         before = cursor.fetchone()
     with connection.execute_wrapper(spy):
         segment_preview(rule={"all": []}, sample_size=0)
-    assert seen["settings"] == ("128MB", "15s", "1", "off")
+    assert seen["settings"] == ("128MB", "15s", str(workers or 1), "off")
     with connection.cursor() as cursor:  # and only for the preview
         cursor.execute(settings_sql)
         assert cursor.fetchone() == before
