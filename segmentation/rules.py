@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
@@ -58,10 +59,12 @@ from enum import StrEnum
 from typing import Any
 
 from django.db import NotSupportedError, connection
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import (
     BooleanField,
     CharField,
     Count,
+    DecimalField,
     Exists,
     Expression,
     F,
@@ -71,9 +74,10 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
+    TextField,
 )
-from django.db.models.fields.json import KeyTransform, compile_json_path
-from django.db.models.functions import Coalesce, Lower
+from django.db.models.fields.json import KeyTextTransform, KeyTransform, compile_json_path
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from segmentation.models import (
@@ -500,11 +504,23 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number the databases can compare: finite, and within 64-bit integers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and abs(value) <= _MAX_NUMBER
+
+
+_MAX_NUMBER = 2**63 - 1
+#: Dates and times a rule may name: a day either side stays within Python's calendar (rules
+#: add a day to the end of a day, and time zones shift by up to one).
+_MIN_WHEN = dt.date(1, 1, 2)
+_MAX_WHEN = dt.date(9999, 12, 30)
 
 
 def _scalar(field: RuleField, name: str, op: str, value: Any, path: str, message: str) -> Any:
     type_ = field.type
+    if isinstance(value, int | float) and not isinstance(value, bool) and not _is_number(value):
+        raise RuleError(path, f"{value!r} is out of range (numbers up to {_MAX_NUMBER:,})")
     if type_ in (FieldType.TEXT, FieldType.CHOICE) or (
         type_ is FieldType.ATTRIBUTE and op in ("contains", "starts_with")
     ):
@@ -512,8 +528,11 @@ def _scalar(field: RuleField, name: str, op: str, value: Any, path: str, message
             raise RuleError(path, message)
         if len(value) > MAX_TEXT:
             raise RuleError(path, f"'{op}' values are at most {MAX_TEXT} characters")
-        if op in ("contains", "starts_with") and not value:
-            raise RuleError(path, f"'{op}' needs a non-empty text value")
+        _no_nul(value, path)
+        if not value:
+            if op in ("contains", "starts_with"):
+                raise RuleError(path, f"'{op}' needs a non-empty text value")
+            raise RuleError(path, _EMPTY_VALUE)
         if type_ is FieldType.CHOICE and value not in dict(field.choices):
             allowed = ", ".join(c for c, _ in field.choices)
             raise RuleError(path, f"{value!r} is not a {name} (use one of: {allowed})")
@@ -525,10 +544,16 @@ def _scalar(field: RuleField, name: str, op: str, value: Any, path: str, message
             if not value.is_integer():
                 raise RuleError(path, f"{name} takes whole numbers")
             value = int(value)
+        low, high = _column_range(field)
+        if not low <= value <= high:
+            raise RuleError(path, f"{value} is out of range for {name} ({low:,} to {high:,})")
         return value
     if type_ is FieldType.DECIMAL:
         if not _is_number(value):
             raise RuleError(path, message)
+        low, high = _column_range(field)
+        if not low <= value <= high:
+            raise RuleError(path, f"{value} is out of range for {name} ({low:,} to {high:,})")
         return Decimal(str(value))
     if type_ is FieldType.DATETIME:
         return _parse_when(value, path, message)
@@ -542,8 +567,42 @@ def _scalar(field: RuleField, name: str, op: str, value: Any, path: str, message
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
             raise RuleError(path, f"'{op}' values are at most {MAX_TEXT} characters")
-        return value
+        if not value:
+            raise RuleError(path, _EMPTY_VALUE)
+        return _no_nul(value, path)
     raise RuleError(path, message)
+
+
+#: An empty text value is a missing one (``is_set`` is false for it): say how to ask for that.
+_EMPTY_VALUE = "an empty value is a missing one: use 'is_not_set' (or 'is_set') for it"
+
+
+def _column_range(field: RuleField) -> tuple[int | Decimal, int | Decimal]:
+    """The values the field's column can hold, so that a comparison never falls outside it
+    (Django turns such a comparison into always-true or always-false, before any NULL test).
+    Integers: PostgreSQL's column range (the narrowest of the databases); decimals: their
+    digits."""
+    column = _model_field(field)
+    if isinstance(column, DecimalField):
+        bound = Decimal(10) ** (column.max_digits - column.decimal_places) - 1
+        return -bound, bound
+    low, high = BaseDatabaseOperations.integer_field_ranges[column.get_internal_type()]
+    return low, high
+
+
+def _model_field(field: RuleField):
+    model, name = (
+        (CustomerMetrics, field.lookup.removeprefix(_METRICS_PREFIX))
+        if field.lookup.startswith(_METRICS_PREFIX)
+        else (Customer, field.lookup)
+    )
+    return model._meta.get_field(name)
+
+
+def _no_nul(value: str, path: str) -> str:
+    if "\x00" in value:
+        raise RuleError(path, "null characters are not allowed")
+    return value
 
 
 def _parse_when(value: Any, path: str, message: str) -> dt.date | dt.datetime:
@@ -552,12 +611,19 @@ def _parse_when(value: Any, path: str, message: str) -> dt.date | dt.datetime:
     text = value.strip()
     try:
         if len(text) == 10:
-            return dt.date.fromisoformat(text)
-        moment = dt.datetime.fromisoformat(text)
+            day = dt.date.fromisoformat(text)
+            moment = None
+        else:
+            moment = dt.datetime.fromisoformat(text)
+            day = moment.date()
     except ValueError:
         raise RuleError(
             path, f"{value!r} is not a date (write YYYY-MM-DD or an ISO 8601 date and time)"
         ) from None
+    if not _MIN_WHEN <= day <= _MAX_WHEN:
+        raise RuleError(path, f"{value!r} is out of range (dates from {_MIN_WHEN} to {_MAX_WHEN})")
+    if moment is None:
+        return day
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, timezone.get_default_timezone())
     return moment
@@ -588,6 +654,7 @@ def _parse_event(node: dict, path: str) -> _EventCondition:
         raise RuleError(path, "'event' must be an event type")
     if len(type_) > EVENT_TYPE_MAX_LENGTH:
         raise RuleError(path, f"event types are at most {EVENT_TYPE_MAX_LENGTH} characters")
+    _no_nul(type_, path)
     op = node.get("op")
     if op is None:
         raise RuleError(path, f"event {type_}: 'op' is missing")
@@ -610,7 +677,7 @@ def _parse_event(node: dict, path: str) -> _EventCondition:
 
 def _parse_segment(node: dict, path: str) -> _SegmentCondition:
     slug = node["segment"]
-    if not isinstance(slug, str) or not slug or len(slug) > SLUG_MAX_LENGTH:
+    if not isinstance(slug, str) or not slug or len(slug) > SLUG_MAX_LENGTH or "\x00" in slug:
         raise RuleError(path, "'segment' must be a segment's slug")
     op = node.get("op")
     if op not in SEGMENT_OPERATORS:
@@ -964,18 +1031,16 @@ class _Compiler:
             return ~positive
         if op == "eq":
             if f.case_insensitive:
-                return Q(_Lookup(Lower(F(path)), "exact", value.lower()))
+                return Q(_Lookup(_CaseFold(F(path)), "exact", value.lower()))
             return Q(**{path: value})
         if op == "in":
             if f.case_insensitive:
-                return Q(_Lookup(Lower(F(path)), "in", sorted({v.lower() for v in value})))
+                return Q(_Lookup(_CaseFold(F(path)), "in", sorted({v.lower() for v in value})))
             return Q(**{f"{path}__in": sorted(set(value))})
         if op in ("contains", "starts_with"):
-            if f.case_insensitive:
-                # lower(email) LIKE 'abc%' can use the lower(email) text_pattern_ops index.
-                lookup = "contains" if op == "contains" else "startswith"
-                return Q(_Lookup(Lower(F(path)), lookup, value.lower()))
-            return Q(**{f"{path}__{'icontains' if op == 'contains' else 'istartswith'}": value})
+            # lower(email) LIKE 'abc%' can use the lower(email) text_pattern_ops index.
+            lookup = "contains" if op == "contains" else "startswith"
+            return Q(_Lookup(_CaseFold(F(path)), lookup, value.lower()))
         if op in ("gt", "gte", "lt", "lte"):
             return Q(**{f"{path}__{op}": value})
         if op == "between":
@@ -1024,9 +1089,10 @@ class _Compiler:
         key, op, value = c.key, c.op, c.value
         assert key is not None
         if op == "is_set":
-            return ~_is_json_type(key, "null")
+            # Present, not null and not the empty string, as for every field.
+            return ~_is_json_type(key, "null") & ~self.attribute(replace(c, op="eq", value=""))
         if op == "is_not_set":
-            return _is_json_type(key, "null")
+            return ~self.attribute(replace(c, op="is_set"))
         if op == "neq":
             return ~self.attribute(replace(c, op="eq"))
         if op == "not_in":
@@ -1050,8 +1116,9 @@ class _Compiler:
                 for t, vs in by_type.items()
             )
         if op in ("contains", "starts_with"):
-            lookup = "icontains" if op == "contains" else "istartswith"
-            return _is_json_type(key, "string") & Q(_Lookup(_key(key), lookup, value))
+            lookup = "contains" if op == "contains" else "startswith"
+            text = _CaseFold(KeyTextTransform(key, "attributes"))
+            return _is_json_type(key, "string") & Q(_Lookup(text, lookup, value.lower()))
         if op in ("gt", "gte", "lt", "lte"):
             return _is_json_type(key, "number") & Q(_Lookup(_key(key), op, value))
         if op == "between":
@@ -1193,6 +1260,18 @@ class _Lookup(Expression):
         lhs = self.lhs.resolve_expression(query, allow_joins, reuse, summarize, for_save)
         lookup_class = lhs.get_lookup(self.lookup_name)
         return lookup_class(lhs, self.rhs)
+
+
+class _CaseFold(Func):
+    """``lower()`` that folds every letter on every database. SQLite's own folds only A-Z
+    (``É`` stays ``É``), so there it is Python's ``str.lower``, registered on each connection
+    as ``abtest_lower`` (``segmentation.apps``)."""
+
+    function = "LOWER"
+    output_field = TextField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, function="ABTEST_LOWER", **extra)
 
 
 class _JsonType(Func):

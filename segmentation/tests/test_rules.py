@@ -251,6 +251,42 @@ INVALID = [
     (one({"segment": "vip"}), "all[0]", "'op' must be 'in' or 'not_in'"),
     (one({"segment": 3, "op": "in"}), "all[0]", "'segment' must be a segment's slug"),
     (nest(MAX_DEPTH + 1), "all[0].all[0].all[0].all[0].all[0]", f"at most {MAX_DEPTH} deep"),
+    # Values no database can take, or that overflow the calendar when compiled.
+    (one({"field": "created_at", "op": "after", "value": "9999-12-31"}), "all[0]", "out of range"),
+    (
+        one({"field": "created_at", "op": "between", "value": ["2024-01-01", "9999-12-31"]}),
+        "all[0]",
+        "out of range",
+    ),
+    (
+        one({"field": "created_at", "op": "after", "value": "9999-12-31T23:59:59-05:00"}),
+        "all[0]",
+        "out of range",
+    ),
+    (
+        one({"field": "created_at", "op": "before", "value": "0001-01-01T00:00:00+05:00"}),
+        "all[0]",
+        "out of range",
+    ),
+    (one({"field": "first_name", "op": "contains", "value": "a\x00b"}), "all[0]", "null char"),
+    (one({"field": "attributes.plan", "op": "eq", "value": "a\x00"}), "all[0]", "null char"),
+    (one({"field": "external_id", "op": "in", "value": ["b\x00"]}), "all[0]", "null char"),
+    (one({"event": "pur\x00chase", "op": "never"}), "all[0]", "null char"),
+    (one({"segment": "a\x00", "op": "in"}), "all[0]", "'segment' must be a segment's slug"),
+    (one({"field": "metrics.monetary", "op": "gte", "value": 1e999}), "all[0]", "out of range"),
+    (one({"field": "metrics.frequency", "op": "gte", "value": 10**30}), "all[0]", "out of range"),
+    (one({"field": "attributes.n", "op": "gt", "value": 10**30}), "all[0]", "out of range"),
+    (one({"field": "attributes.n", "op": "eq", "value": float("nan")}), "all[0]", "out of range"),
+    # Beyond a column's range (Django would make the comparison always true or always false).
+    (one({"field": "metrics.r_score", "op": "gte", "value": -1}), "all[0]", "0 to 32,767"),
+    (one({"field": "metrics.recency_days", "op": "lt", "value": 3 * 10**9}), "all[0]", "range"),
+    (one({"field": "metrics.frequency", "op": "eq", "value": 3 * 10**9}), "all[0]", "range"),
+    (one({"field": "metrics.monetary", "op": "gte", "value": 10**14}), "all[0]", "range"),
+    # An empty value is a missing one.
+    (one({"field": "first_name", "op": "eq", "value": ""}), "all[0]", "use 'is_not_set'"),
+    (one({"field": "email", "op": "in", "value": ["a@b.c", ""]}), "all[0]", "use 'is_not_set'"),
+    (one({"field": "attributes.plan", "op": "neq", "value": ""}), "all[0]", "use 'is_not_set'"),
+    (one({"field": "metrics.rfm_segment", "op": "not_in", "value": [""]}), "all[0]", "is_not_set"),
     (
         {"any": [{"field": "email", "op": "is_set"}] * (MAX_CONDITIONS + 1)},
         f"any[{MAX_CONDITIONS}]",
@@ -927,3 +963,44 @@ def test_cheaper_conditions_are_tested_first(events):
     where = str(rule_matches(rule, now=NOW).ids.query).split(" WHERE ", 1)[1]
     assert where.index("locale") < where.index("attributes") < where.index("purchase")
     assert matches(rule) == {"alice", "bob", "carol"}
+
+
+NON_ASCII_CASES = [
+    ({"field": "first_name", "op": "eq", "value": "émile"}, {"emile-1"}),
+    ({"field": "first_name", "op": "eq", "value": "ÉMILE"}, {"emile-1"}),
+    ({"field": "first_name", "op": "neq", "value": "émile"}, {"emil-2"}),
+    ({"field": "last_name", "op": "in", "value": ["zoë", "x"]}, {"emile-1"}),
+    ({"field": "last_name", "op": "not_in", "value": ["zoë"]}, {"emil-2"}),
+    ({"field": "last_name", "op": "contains", "value": "oË"}, {"emile-1"}),
+    ({"field": "first_name", "op": "starts_with", "value": "é"}, {"emile-1"}),
+    ({"field": "external_id", "op": "starts_with", "value": "EMI"}, {"emile-1", "emil-2"}),
+    ({"field": "email", "op": "contains", "value": "ÜBER"}, {"emile-1"}),
+    ({"field": "attributes.city", "op": "contains", "value": "ÜBER"}, {"emile-1"}),
+    ({"field": "attributes.city", "op": "starts_with", "value": "über"}, {"emile-1"}),
+    ({"field": "attributes.city", "op": "starts_with", "value": "ul"}, {"emil-2"}),
+    # The empty string is not set, for attributes as for every field.
+    ({"field": "attributes.plan", "op": "is_set"}, {"emil-2"}),
+    ({"field": "attributes.plan", "op": "is_not_set"}, {"emile-1"}),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("condition", "expected"), NON_ASCII_CASES, ids=_case_id)
+def test_case_is_ignored_beyond_ascii_and_empty_attributes_are_not_set(condition, expected):
+    from segmentation.tests.factories import CustomerFactory
+
+    CustomerFactory(
+        external_id="emile-1",
+        email="émile@über.example",
+        first_name="Émile",
+        last_name="ZOË",
+        attributes={"city": "Überlingen", "plan": ""},
+    )
+    CustomerFactory(
+        external_id="emil-2",
+        email="emil@example.com",
+        first_name="Emil",
+        last_name="Zoe",
+        attributes={"city": "Ulm", "plan": "pro"},
+    )
+    assert matches(one(condition)) == expected
