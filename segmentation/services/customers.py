@@ -59,6 +59,14 @@ def _repeated(value: str, first: int) -> str:
     return f"{value!r} is repeated (first at {first})."
 
 
+def _email_repeated(email: str, key: int, kept: int) -> str:
+    """Why a row lost its email to another row of the batch (the first, or a later one whose
+    customer has the email)."""
+    if kept < key:
+        return _repeated(email, kept)
+    return f"{email!r} is repeated; it stays with {kept}, whose customer has it."
+
+
 def _strip_nulls(attributes: dict) -> dict:
     return {key: value for key, value in attributes.items() if value is not None}
 
@@ -187,14 +195,21 @@ DELETE FROM customer_stage s USING d
 WHERE s.line = d.line AND d.first <> d.line
 RETURNING s.line, s.external_id, d.first
 """
+# An email repeated in the batch stays with the row of the customer who has it, else with the
+# first row.
 _DUPLICATE_EMAILS_SQL = """
 WITH d AS (
-    SELECT line, min(line) OVER (PARTITION BY lower(email)) AS first
-    FROM customer_stage WHERE email IS NOT NULL
+    SELECT s.line, first_value(s.line) OVER (
+        PARTITION BY lower(s.email) ORDER BY c.id IS NULL, s.line
+    ) AS kept
+    FROM customer_stage s
+    LEFT JOIN segmentation_customer c
+        ON lower(c.email) = lower(s.email) AND c.external_id = s.external_id
+    WHERE s.email IS NOT NULL
 )
 DELETE FROM customer_stage s USING d
-WHERE s.line = d.line AND d.first <> d.line
-RETURNING s.line, s.email, d.first
+WHERE s.line = d.line AND d.kept <> d.line
+RETURNING s.line, s.email, d.kept
 """
 
 
@@ -236,8 +251,8 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
                 )
         if repeated_emails:
             cursor.execute(_DUPLICATE_EMAILS_SQL)
-            for line, email, first in cursor.fetchall():
-                result.rejected.append(RowError(line, "email", _repeated(email, first)))
+            for line, email, kept in cursor.fetchall():
+                result.rejected.append(RowError(line, "email", _email_repeated(email, line, kept)))
         cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
         with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
             cursor.execute(_MATCH_SQL)
@@ -311,28 +326,30 @@ def _upsert_orm(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
             result.rejected.append(RowError(key, "external_id", _repeated(row.external_id, first)))
         else:
             accepted[row.external_id] = (key, row)
-    emails_seen: dict[str, int] = {}
-    for external_id, (key, row) in list(accepted.items()):
-        if row.email is None:
-            continue
-        lowered = row.email.lower()
-        if lowered in emails_seen:
-            result.rejected.append(
-                RowError(
-                    key, "email", f"{row.email!r} is repeated (first at {emails_seen[lowered]})."
-                )
-            )
-            del accepted[external_id]
-        else:
-            emails_seen[lowered] = key
-
+    # Who holds each email now (lower() as the unique index has it).
+    lowered_emails = {row.email.lower() for _, row in accepted.values() if row.email is not None}
     owners: dict[str, str] = {}
-    for chunk in _chunks(list(emails_seen)):
+    for chunk in _chunks(list(lowered_emails)):
         owners.update(
             Customer.objects.annotate(email_lower=Lower("email"))
             .filter(email_lower__in=chunk)
             .values_list("email_lower", "external_id")
         )
+    # An email repeated in the batch stays with the row of the customer who has it, else
+    # with the first row.
+    keeper: dict[str, int] = {}
+    for external_id, (key, row) in accepted.items():
+        if row.email is None:
+            continue
+        lowered = row.email.lower()
+        if lowered not in keeper or owners.get(lowered) == external_id:
+            keeper[lowered] = key
+    for external_id, (key, row) in list(accepted.items()):
+        if row.email is not None and keeper[row.email.lower()] != key:
+            kept = keeper[row.email.lower()]
+            result.rejected.append(RowError(key, "email", _email_repeated(row.email, key, kept)))
+            del accepted[external_id]
+
     existing: dict[str, Customer] = {}
     for chunk in _chunks(list(accepted)):
         existing.update((c.external_id, c) for c in Customer.objects.filter(external_id__in=chunk))

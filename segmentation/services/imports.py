@@ -7,8 +7,9 @@
 - Bad rows are reported by line number, column and reason and are not imported; good rows
   are, in chunks through the same services as the API (COPY on PostgreSQL).
 - Re-importing the same file changes nothing: customers are upserted (identical rows are
-  "unchanged"), and events without an ``event_id`` column get one derived from the file's
-  content hash and line number, so the same file's rows are recognised as duplicates.
+  "unchanged"), and an event without an ``event_id`` (no column, or a blank cell) gets one
+  derived from its content (``ContentEventIds``), so the same event is recognised as a
+  duplicate from any file: the same file again, re-saved, or with rejected lines fixed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +35,13 @@ from segmentation.models import ImportJob, ImportKind
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
 from segmentation.services.events import IngestResult, events_ingest
-from segmentation.services.validation import RowError, RowInvalid, clean_customer, clean_event
+from segmentation.services.validation import (
+    EventRow,
+    RowError,
+    RowInvalid,
+    clean_customer,
+    clean_event,
+)
 
 CHUNK_ROWS = 100_000
 #: How many rejected rows an import keeps for display (the count is always exact).
@@ -132,19 +139,17 @@ class CsvFile:
     """An opened, sniffed CSV: its mapped columns and an iterator of (line, values).
 
     Nothing is held in memory but the current row: the file is scanned once when opened
-    (content hash, row count, UTF-8 check) and read again, streaming, as ``rows`` is iterated.
+    (row count, UTF-8 check) and read again, streaming, as ``rows`` is iterated.
     """
 
     columns: list[tuple[str, str | None]]  # (target kind, target name) per column
     headers: list[str]
     rows: Iterator[tuple[int, list[str]]]
-    digest: str
     total_rows: int
 
 
 @dataclass
 class _Scan:
-    digest: str
     newlines: int
     ends_with_newline: bool
     sample: str  # the decoded start of the file
@@ -162,15 +167,18 @@ def _binary(source: Source) -> tuple[IO[bytes], bool]:
 
 
 def _scan(stream: IO[bytes]) -> _Scan:
-    """One pass over the bytes: hash, newline count, UTF-8 validity, the sample to sniff."""
+    """One pass over the bytes: newline count, UTF-8 validity, the sample to sniff."""
     stream.seek(0)
-    digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     newlines, offset, sample, has_text, last = 0, 0, "", False, b""
     while block := stream.read(_BLOCK):
         if offset == 0 and b"\x00" in block[:_SAMPLE]:
+            if block.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise CsvError(
+                    'The file is UTF-16 text (Excel\'s "Unicode Text"); save it as UTF-8 CSV.',
+                    field="file",
+                )
             raise CsvError("This is not a CSV file (it contains binary data).", field="file")
-        digest.update(block)
         newlines += block.count(b"\n")
         try:
             text = decoder.decode(block)
@@ -193,7 +201,6 @@ def _scan(stream: IO[bytes]) -> _Scan:
             field="file",
         ) from None
     return _Scan(
-        digest=digest.hexdigest()[:16],
         newlines=newlines,
         ends_with_newline=last == b"\n",
         sample=sample.removeprefix("\ufeff"),
@@ -201,19 +208,26 @@ def _scan(stream: IO[bytes]) -> _Scan:
     )
 
 
-def _sniff(sample: str) -> csv.Dialect | type[csv.Dialect]:
-    first_line = sample.split("\n", 1)[0]
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
-    except csv.Error:
-        # One column, or too little text to tell: only acceptable when the header is one name.
-        if first_line and not any(c in first_line for c in ",;\t|"):
-            return csv.excel
-        raise CsvError(
-            "This does not look like a CSV file: no delimiter (comma, semicolon, tab or pipe) "
-            "could be found.",
-            field="file",
-        ) from None
+_DELIMITERS = ",;\t|"
+
+
+class _Dialect(csv.excel):
+    """Double quotes, as every spreadsheet writes them; only the delimiter varies."""
+
+
+def csv_dialect(sample: str) -> type[csv.Dialect]:
+    """The dialect: the delimiter that splits the header line into the most fields (ties in
+    the order comma, semicolon, tab, pipe; a header of one name is one column). Only the
+    delimiter is guessed: ``csv.Sniffer`` also guesses the quote character, took apostrophes
+    in names (O'Neil, 't Hooft) for quotes and merged rows, and refused small files with one
+    short row."""
+    header = sample.split("\n", 1)[0].rstrip("\r")
+    best, most = ",", 1
+    for delimiter in _DELIMITERS:
+        fields = len(next(csv.reader([header], delimiter=delimiter), []))
+        if fields > most:
+            best, most = delimiter, fields
+    return type("_Dialect", (_Dialect,), {"delimiter": best})
 
 
 def csv_open(source: Source, *, kind: str) -> CsvFile:
@@ -232,7 +246,7 @@ def csv_open(source: Source, *, kind: str) -> CsvFile:
         stream.seek(0)
     if not scan.has_text:
         raise CsvError("The file is empty.", field="file")
-    dialect = _sniff(scan.sample)
+    dialect = csv_dialect(scan.sample)
     try:
         headers = next(csv.reader(io.StringIO(scan.sample, newline=""), dialect))
     except (csv.Error, StopIteration) as error:
@@ -242,7 +256,6 @@ def csv_open(source: Source, *, kind: str) -> CsvFile:
         columns=columns,
         headers=headers,
         rows=_numbered(source, dialect),
-        digest=scan.digest,
         total_rows=max(0, scan.newlines + (0 if scan.ends_with_newline else 1) - 1),
     )
 
@@ -302,7 +315,7 @@ def _numbered(source: Source, dialect) -> Iterator[tuple[int, list[str]]]:
         text.close()  # closes the wrappers, not the stream
         if owned:
             stream.close()
-        else:
+        elif not stream.closed:  # an abandoned import may be finalized after its upload
             stream.seek(0)
 
 
@@ -351,11 +364,24 @@ def _map_columns(headers: list[str], *, kind: str) -> list[tuple[str, str | None
     return columns
 
 
+_BOOLEANS = {"true": True, "TRUE": True, "True": True, "false": False, "FALSE": False}
+_BOOLEANS["False"] = False
+_NUMBER_START = frozenset("-0123456789")
+
+
 def _infer(value: str) -> Any:
-    """CSV cells are text; keep numbers and booleans that round-trip exactly as such."""
-    if value in {"true", "false", "TRUE", "FALSE", "True", "False"}:
-        return value.lower() == "true"
-    if value.lstrip("-").isdigit() and str(int(value)) == value:
+    """CSV cells are text (never empty here); keep numbers and booleans that round-trip
+    exactly as such. Runs per cell: the common case, a word, fails the first test."""
+    boolean = _BOOLEANS.get(value)
+    if boolean is not None:
+        return boolean
+    # isdigit() is also true of superscripts and other digits that int() refuses.
+    if (
+        value[0] in _NUMBER_START
+        and value.isascii()
+        and value.lstrip("-").isdigit()
+        and str(int(value)) == value
+    ):
         return int(value)
     return value
 
@@ -363,33 +389,45 @@ def _infer(value: str) -> Any:
 _json_object = msgspec.json.Decoder(dict[str, Any])
 
 
-def _row_values(
-    values: list[str], columns: list[tuple[str, str | None]], *, extra_field: str
-) -> dict[str, Any]:
-    if values and values[0].startswith("\x00"):
-        raise RowInvalid(None, f"Malformed CSV row: {values[0][1:]}.")
-    if len(values) != len(columns):
-        raise RowInvalid(None, f"Expected {len(columns)} columns, found {len(values)}.")
-    row: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for (what, name), value in zip(columns, values, strict=True):
-        if what == "field":
-            if name == extra_field:
-                value = value.strip()
-                if value:
-                    try:
-                        extra = {**_json_object.decode(value), **extra}
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        raise RowInvalid(name, "Must be a JSON object.") from None
-            else:
-                row[name] = value
-        elif what == "extra":
-            value = value.strip()
-            if value:
-                extra[name] = _infer(value)
-    if extra:
-        row[extra_field] = extra
-    return row
+class _RowMapper:
+    """Turns a row's cells into the ``{field: value}`` a cleaner takes, with the column
+    mapping worked out once per file: model fields by name, other columns into
+    ``extra_field`` (typed by ``_infer``), merged over that field's own JSON column if the file
+    has one (columns win over its keys). Runs per row: kept to comprehensions."""
+
+    def __init__(self, columns: list[tuple[str, str | None]], *, extra_field: str):
+        self.width = len(columns)
+        self.extra_field = extra_field
+        self.fields = [
+            (i, name)
+            for i, (what, name) in enumerate(columns)
+            if what == "field" and name != extra_field
+        ]
+        self.extras = [(i, name) for i, (what, name) in enumerate(columns) if what == "extra"]
+        self.json = next(
+            (
+                i
+                for i, (what, name) in enumerate(columns)
+                if what == "field" and name == extra_field
+            ),
+            None,
+        )
+
+    def __call__(self, values: list[str]) -> dict[str, Any]:
+        if values and values[0].startswith("\x00"):
+            raise RowInvalid(None, f"Malformed CSV row: {values[0][1:]}.")
+        if len(values) != self.width:
+            raise RowInvalid(None, f"Expected {self.width} columns, found {len(values)}.")
+        row = {name: values[i] for i, name in self.fields}
+        extra = {name: _infer(value) for i, name in self.extras if (value := values[i].strip())}
+        if self.json is not None and (text := values[self.json].strip()):
+            try:
+                extra = {**_json_object.decode(text), **extra}
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise RowInvalid(self.extra_field, "Must be a JSON object.") from None
+        if extra:
+            row[self.extra_field] = extra
+        return row
 
 
 # --- importing --------------------------------------------------------------------------------
@@ -460,20 +498,20 @@ def _parsed_chunks(csv_file: CsvFile, *, kind: str, chunk_rows: int) -> Iterator
     """Validated rows in chunks of ``chunk_rows`` (bad rows count towards a chunk). Always
     yields at least one chunk, so progress is reported even for a file without rows."""
     is_customers = kind == ImportKind.CUSTOMERS
-    has_event_id = any(name == "event_id" for what, name in csv_file.columns if what == "field")
+    twins = ContentEventIds()
+    row_values = _RowMapper(
+        csv_file.columns, extra_field="attributes" if is_customers else "properties"
+    )
     parsed = _ParsedChunk(0, [], [])
     for line, values in csv_file.rows:
         parsed.rows += 1
         try:
             if is_customers:
-                row = clean_customer(
-                    _row_values(values, csv_file.columns, extra_field="attributes")
-                )
+                row = clean_customer(row_values(values))
             else:
-                fields = _row_values(values, csv_file.columns, extra_field="properties")
-                if not has_event_id:
-                    fields["event_id"] = f"csv:{csv_file.digest}:{line}"
-                row = clean_event(fields)
+                row = clean_event(row_values(values))
+                if row.event_id is None:
+                    row = replace(row, event_id=twins.event_id(row))
             parsed.chunk.append((line, row))
         except RowInvalid as error:
             parsed.errors.append(
@@ -484,6 +522,42 @@ def _parsed_chunks(csv_file: CsvFile, *, kind: str, chunk_rows: int) -> Iterator
             parsed = _ParsedChunk(0, [], [])
     if parsed.rows or not csv_file.total_rows:
         yield parsed
+
+
+class ContentEventIds:
+    """Event ids for a file's events that have none, derived from what each event is
+    (customer, type, time, value, properties) and how many identical rows came before it in
+    the file: importing the same events again, from the same file, a re-saved copy or one with
+    rejected lines fixed, finds them as duplicates, while identical rows within one file stay
+    distinct events (two purchases of the same thing in the same second).
+
+    Holds one small integer per distinct row of the file (~60 MB per million rows) to count
+    the identical ones.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+        self._repeats: dict[int, int] = {}
+
+    def event_id(self, row: EventRow) -> str:
+        content = msgspec.json.encode(
+            [
+                row.external_id,
+                row.type,
+                row.occurred_at.isoformat(),
+                None if row.value is None else str(row.value),
+                row.properties,
+            ],
+            order="sorted",
+        )
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        key = int.from_bytes(digest[:8])
+        if key in self._seen:
+            earlier = self._repeats.get(key, 1)
+            self._repeats[key] = earlier + 1
+            return f"csv:{digest.hex()}:{earlier}"
+        self._seen.add(key)
+        return f"csv:{digest.hex()}"
 
 
 def _header_for(csv_file: CsvFile, column: str | None, kind: str) -> str | None:

@@ -10,6 +10,7 @@ for API batches, line number for files) and carry on with the rest.
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from dataclasses import dataclass
@@ -41,6 +42,53 @@ class RowError:
 
     def as_dict(self, *, row_key: str = "index") -> dict[str, Any]:
         return {row_key: self.row, "column": self.column, "reason": self.reason}
+
+
+# --- shared checks -------------------------------------------------------------------------
+
+#: How deeply ``attributes`` and ``properties`` may nest (objects and arrays).
+MAX_JSON_DEPTH = 20
+
+
+def _no_nul(column: str, value: str) -> str:
+    """PostgreSQL text cannot hold the NUL character; say so for the row, not the batch."""
+    if "\x00" in value:
+        raise RowInvalid(column, "Null characters are not allowed.")
+    return value
+
+
+def clean_json_object(column: str, value: Any) -> dict:
+    """A JSON object PostgreSQL can store: no NUL character in a key or string (``jsonb``
+    rejects ``\\u0000``), no non-finite number, at most ``MAX_JSON_DEPTH`` levels deep."""
+    if not isinstance(value, dict):
+        raise RowInvalid(column, "Must be a JSON object.")
+    # Fast path (most rows, every CSV row): flat text and whole numbers, checked inline.
+    for key, item in value.items():
+        kind = type(item)
+        if "\x00" in key or (kind is str and "\x00" in item):
+            raise RowInvalid(column, "Null characters are not allowed.")
+        if kind is not str and kind is not int and kind is not bool and item is not None:
+            _check_json(column, value, 1)
+            break
+    return value
+
+
+def _check_json(column: str, value: dict | list, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise RowInvalid(column, f"Nested more than {MAX_JSON_DEPTH} levels deep.")
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            raise RowInvalid(column, "Null characters are not allowed.")
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                raise RowInvalid(column, "Null characters are not allowed.")
+        elif kind is float:
+            if not math.isfinite(item):
+                raise RowInvalid(column, "Numbers must be finite.")
+        elif kind is dict or kind is list:
+            _check_json(column, item, depth + 1)
 
 
 # --- customers ------------------------------------------------------------------------------
@@ -106,7 +154,7 @@ def clean_external_id(value: Any, column: str = "external_id") -> str:
         raise RowInvalid(column, "This field is required.")
     if len(value) > 255:
         raise RowInvalid(column, "At most 255 characters.")
-    return value
+    return _no_nul(column, value)
 
 
 def clean_email(value: Any) -> str | None:
@@ -119,6 +167,7 @@ def clean_email(value: Any) -> str | None:
         return None
     if len(value) > 254:
         raise RowInvalid("email", "At most 254 characters.")
+    _no_nul("email", value)
     if not _FAST_EMAIL.fullmatch(value):
         try:
             validate_email(value)
@@ -135,6 +184,8 @@ def _clean_text(name: str, value: Any) -> str:
     value = value.strip()
     if len(value) > MAX_LENGTH[name]:
         raise RowInvalid(name, f"At most {MAX_LENGTH[name]} characters.")
+    if "\x00" in value:
+        raise RowInvalid(name, "Null characters are not allowed.")
     return value
 
 
@@ -153,7 +204,12 @@ def clean_time_zone(value: Any) -> str:
 
 
 def clean_status(value: Any) -> str | None:
-    if value is None or value == "":
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowInvalid("subscription_status", "Must be a string.")
+    value = value.strip().lower()
+    if not value:
         return None
     if value not in STATUSES:
         raise RowInvalid(
@@ -162,20 +218,27 @@ def clean_status(value: Any) -> str | None:
     return value
 
 
+#: The ``provided`` mask of each shape of row (its keys, in order) seen so far.
+_PROVIDED: dict[tuple[str, ...], int] = {}
+
+
 def clean_customer(values: dict[str, Any]) -> CustomerRow:
     """Validate one customer given as ``{field: value}`` for the fields that were sent.
 
     Absent fields are left as they are on an existing customer. Sent fields replace the stored
     value; ``attributes`` are merged key by key, a ``None`` value removing the key.
     """
-    provided = 0
-    for name in values:
-        bit = PROVIDED_BIT.get(name)
-        if bit is not None:
-            provided |= bit
+    keys = tuple(values)
+    provided = _PROVIDED.get(keys)
+    if provided is None:  # once per shape of row (a file has one)
+        provided = 0
+        for name in keys:
+            provided |= PROVIDED_BIT.get(name, 0)
+        if len(_PROVIDED) < 1024:
+            _PROVIDED[keys] = provided
     attributes = values.get("attributes")
-    if attributes is not None and not isinstance(attributes, dict):
-        raise RowInvalid("attributes", "Must be a JSON object.")
+    if attributes is not None:
+        clean_json_object("attributes", attributes)
     return CustomerRow(
         external_id=clean_external_id(values.get("external_id")),
         email=clean_email(values.get("email")),
@@ -224,7 +287,12 @@ def clean_datetime(value: Any, column: str = "occurred_at") -> datetime:
         raise RowInvalid(column, "This field is required." if not value else "Must be a string.")
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise RowInvalid(
+            column, "Out of range: in UTC it falls before year 1 or after 9999."
+        ) from None
 
 
 def clean_value(value: Any) -> Decimal | None:
@@ -238,10 +306,10 @@ def clean_value(value: Any) -> Decimal | None:
         raise RowInvalid("value", f"{value!r} is not a number.") from None
     if not number.is_finite():
         raise RowInvalid("value", "Must be a finite number.")
-    if number.as_tuple().exponent < -2 and number != number.quantize(_CENT):
-        raise RowInvalid("value", "At most 2 decimal places (an amount of money).")
     if abs(number) > MAX_VALUE:
         raise RowInvalid("value", "Too large.")
+    if number.as_tuple().exponent < -2 and number != number.quantize(_CENT):
+        raise RowInvalid("value", "At most 2 decimal places (an amount of money).")
     return number.quantize(_CENT)
 
 
@@ -251,26 +319,28 @@ def clean_event(values: dict[str, Any], *, default_source: str = "") -> EventRow
         raise RowInvalid(
             "type", "This field is required." if not event_type else "Must be a string."
         )
-    event_type = event_type.strip()
+    event_type = _no_nul("type", event_type.strip())
     if len(event_type) > 100:
         raise RowInvalid("type", "At most 100 characters.")
     properties = values.get("properties")
     if properties is None:
         properties = {}
-    elif not isinstance(properties, dict):
-        raise RowInvalid("properties", "Must be a JSON object.")
+    else:
+        clean_json_object("properties", properties)
     source = values.get("source")
     if source is None or source == "":
         source = default_source
     elif not isinstance(source, str) or len(source) > 100:
         raise RowInvalid("source", "Must be a string of at most 100 characters.")
+    else:
+        _no_nul("source", source)
     event_id = values.get("event_id")
     if event_id is not None:
         if isinstance(event_id, int) and not isinstance(event_id, bool):
             event_id = str(event_id)
         if not isinstance(event_id, str):
             raise RowInvalid("event_id", "Must be a string.")
-        event_id = event_id.strip() or None
+        event_id = _no_nul("event_id", event_id.strip()) or None
         if event_id is not None and len(event_id) > 255:
             raise RowInvalid("event_id", "At most 255 characters.")
     return EventRow(

@@ -263,3 +263,73 @@ def test_import_commands(tmp_path):
     bad.write_bytes(b"\x00\x01\x02")
     with pytest.raises(CommandError, match="not a CSV file"):
         call_command("import_customers", str(bad))
+
+
+def test_apostrophes_are_text_not_quotes():
+    text = (
+        "external_id,last_name,city\nv1,'Quoted',X\nv2,'t Hooft,Amsterdam\n"
+        "v3,Smith,Paris\nv4,O'Neil',Rome\n"
+    )
+    result = csv_import(text.encode(), kind="customers")
+    assert (result.rows, result.created, result.rejected) == (4, 4, 0)
+    names = dict(Customer.objects.values_list("external_id", "last_name"))
+    assert names == {"v1": "'Quoted'", "v2": "'t Hooft", "v3": "Smith", "v4": "O'Neil'"}
+
+
+def test_a_short_and_a_long_row_in_a_small_file_are_reported_not_the_whole_file():
+    text = "external_id,email,first_name\nf1,f1@x.com\nf2,f2@x.com,Fay,extra\nf3,f3@x.com,Flo\n"
+    result = csv_import(text.encode(), kind="customers")
+    assert (result.created, [e.row for e in result.errors]) == (1, [2, 3])
+
+
+def test_the_delimiter_is_the_one_that_splits_the_header_most():
+    text = '"name, full";email;external_id\nAnn, B;a@x.com;a1\n'
+    result = csv_import(text.encode(), kind="customers")
+    assert result.created == 1
+    assert Customer.objects.get().attributes == {"name, full": "Ann, B"}
+
+
+def test_unicode_digits_stay_text_in_attributes():
+    result = csv_import("external_id,score,rank\ns1,\u00b2,-12\n".encode(), kind="customers")
+    assert result.created == 1
+    assert Customer.objects.get().attributes == {"score": "\u00b2", "rank": -12}
+
+
+def test_a_utf16_file_is_named_as_such():
+    with pytest.raises(CsvError, match="UTF-16"):
+        csv_open("external_id\na\n".encode("utf-16"), kind="customers")
+
+
+def test_events_without_ids_are_duplicates_from_any_copy_of_the_file():
+    CustomerFactory(external_id="c1")
+    text = (
+        "customer,type,occurred_at,value,event_id\nc1,visit,2024-04-01,,EV1\n"
+        "c1,visit,2024-04-02,,\nc1,buy,2024-04-02T10:00:00Z,10,\n"
+        "c1,buy,2024-04-02T10:00:00Z,10,\n"
+    )
+    first = csv_import(text.encode(), kind="events")
+    assert (first.created, first.duplicates) == (4, 0), "identical rows in one file are distinct"
+    again = csv_import(text.encode(), kind="events")
+    assert (again.created, again.duplicates) == (0, 4)
+    resaved = "\ufeff" + text.replace("\n", "\r\n") + "\r\n"
+    resaved = resaved.replace("2024-04-02T10:00:00Z", "2024-04-02T12:00:00+02:00")
+    third = csv_import(resaved.encode(), kind="events")
+    assert (third.created, third.duplicates) == (0, 4)
+    reordered = text.splitlines()
+    reordered = (
+        "\n".join([reordered[0], *reversed(reordered[1:])]) + "\nc1,buy,2024-04-02T10:00:00Z,10,\n"
+    )
+    fourth = csv_import(reordered.encode(), kind="events")
+    assert (fourth.created, fourth.duplicates) == (1, 4), "a third identical row is a new event"
+    assert Event.objects.count() == 5
+
+
+def test_out_of_range_times_are_row_errors():
+    CustomerFactory(external_id="c1")
+    text = (
+        "customer,type,occurred_at\nc1,s,9999-12-31T23:00:00-05:00\n"
+        "c1,s,0001-01-01T00:00:00+01:00\nc1,s,2024-01-01\n"
+    )
+    result = csv_import(text.encode(), kind="events")
+    assert result.created == 1
+    assert [(e.row, e.column) for e in result.errors] == [(2, "occurred_at"), (3, "occurred_at")]

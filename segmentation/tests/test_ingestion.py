@@ -241,3 +241,91 @@ def test_event_values_keep_cents_and_naive_times_are_utc():
     assert clean_event(
         {"customer": "a", "type": "x", "occurred_at": "2024-01-01", "value": "1.50"}
     ).value == Decimal("1.50")
+
+
+def _deep(levels: int) -> dict:
+    root: dict = {}
+    node = root
+    for _ in range(levels - 1):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+@pytest.mark.parametrize(
+    ("values", "column"),
+    [
+        ({"external_id": "x", "first_name": "a\x00b"}, "first_name"),
+        ({"external_id": "y\x00"}, "external_id"),
+        ({"external_id": "x", "email": "a\x00@example.com"}, "email"),
+        ({"external_id": "z", "attributes": {"k\x00": 1}}, "attributes"),
+        ({"external_id": "w", "attributes": {"k": ["v\x00"]}}, "attributes"),
+        ({"external_id": "v", "attributes": _deep(21)}, "attributes"),
+        ({"external_id": "u", "attributes": {"n": float("inf")}}, "attributes"),
+    ],
+)
+def test_customers_with_null_characters_or_unstorable_json_are_rejected(values, column):
+    with pytest.raises(RowInvalid) as error:
+        clean_customer(values)
+    assert error.value.column == column
+
+
+def test_json_within_the_limits_is_accepted():
+    attributes = {"nested": {"list": [1, "two", 2.5, None, True]}, "deep": _deep(19)}
+    assert clean_customer({"external_id": "a", "attributes": attributes}).attributes == attributes
+
+
+EVENT = {"customer": "c1", "type": "s", "occurred_at": "2024-01-01"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "column"),
+    [
+        ({"type": "s\x00"}, "type"),
+        ({"source": "a\x00"}, "source"),
+        ({"event_id": "e\x00"}, "event_id"),
+        ({"customer": "c\x00"}, "customer"),
+        ({"properties": {"p": "\x00"}}, "properties"),
+        ({"properties": _deep(21)}, "properties"),
+        ({"occurred_at": "0001-01-01T00:00:00+05:00"}, "occurred_at"),
+        ({"occurred_at": "9999-12-31T23:59:59-05:00"}, "occurred_at"),
+        ({"value": "1" * 30 + ".001"}, "value"),
+    ],
+)
+def test_events_with_null_characters_or_out_of_range_values_are_rejected(changes, column):
+    with pytest.raises(RowInvalid) as error:
+        clean_event(EVENT | changes)
+    assert error.value.column == column
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [(" Subscribed ", "subscribed"), ("BOUNCED", "bounced"), ("", None)]
+)
+def test_subscription_status_ignores_case_and_spaces(given, stored):
+    assert (
+        clean_customer({"external_id": "a", "subscription_status": given}).subscription_status
+        == stored
+    )
+
+
+@pytest.mark.parametrize("given", ["gone", 3, ["subscribed"]])
+def test_unknown_subscription_statuses_are_rejected(given):
+    with pytest.raises(RowInvalid) as error:
+        clean_customer({"external_id": "a", "subscription_status": given})
+    assert error.value.column == "subscription_status"
+
+
+def test_a_repeated_email_stays_with_the_customer_who_has_it():
+    upsert({"external_id": "P3", "email": "p3@x.com"})
+    result = upsert(
+        {"external_id": "P4", "email": "P3@X.com"},
+        {"external_id": "P3", "email": "p3@x.com", "first_name": "Pat"},
+        {"external_id": "P5", "email": "new@x.com"},
+        {"external_id": "P6", "email": "NEW@x.com"},
+    )
+    assert (result.created, result.updated) == (1, 1)
+    assert [(e.row, e.column, e.reason) for e in result.rejected] == [
+        (0, "email", "'P3@X.com' is repeated; it stays with 1, whose customer has it."),
+        (3, "email", "'NEW@x.com' is repeated (first at 2)."),
+    ]
+    assert Customer.objects.get(external_id="P3").first_name == "Pat"

@@ -75,6 +75,10 @@ class ImportCommand(BaseCommand):
             job.status, job.message, job.finished_at = JobStatus.FAILED, str(error), timezone.now()
             job.save()
             raise
+        else:
+            # The total was counted in lines; a quoted value can span several.
+            bar.total = result.rows
+            bar.refresh()
         finally:
             bar.close()
         job.status, job.finished_at = JobStatus.SUCCEEDED, timezone.now()
