@@ -25,6 +25,8 @@ def decode_items(body: bytes, *, limit: int) -> list[msgspec.Raw]:
         ) from None
     except msgspec.DecodeError as error:
         raise ParseError(f"The body is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise ParseError("The body is nested too deeply.") from None
     if isinstance(value, dict):
         return [msgspec.Raw(msgspec.json.encode(value))]
     if len(value) > limit:

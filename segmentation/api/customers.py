@@ -9,6 +9,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_field,
+    extend_schema_view,
     inline_serializer,
 )
 from rest_framework import serializers, viewsets
@@ -21,7 +22,7 @@ from rest_framework.response import Response
 from abtest.api.pagination import CursorPagination
 from abtest.roles import IsIntegrator, IsMarketerOrIntegrator
 from segmentation.api.common import RowDecoder, decode_items, row_errors
-from segmentation.customer_selectors import CustomerFilters, customer_search
+from segmentation.customer_selectors import ATTRIBUTE_KEY, CustomerFilters, customer_search
 from segmentation.models import Customer, Segment, SubscriptionStatus
 from segmentation.services import customers as customer_services
 from segmentation.services.validation import (
@@ -155,17 +156,21 @@ class CustomerWritePermission(IsMarketerOrIntegrator):
         return IsIntegrator().has_permission(request, view)
 
 
-@extend_schema(
-    parameters=[
-        OpenApiParameter("search", str, description="Prefix of email, name; or exact external id."),
-        OpenApiParameter("subscription_status", str, enum=SubscriptionStatus.values),
-        OpenApiParameter("segment", str, description="Slug of a segment: its current members."),
-        OpenApiParameter(
-            "attributes.<key>",
-            str,
-            description="Attribute equality, e.g. `attributes.plan=pro` (repeatable).",
-        ),
-    ]
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "search", str, description="Prefix of email, name; or exact external id."
+            ),
+            OpenApiParameter("subscription_status", str, enum=SubscriptionStatus.values),
+            OpenApiParameter("segment", str, description="Slug of a segment: its current members."),
+            OpenApiParameter(
+                "attributes.<key>",
+                str,
+                description="Attribute equality, e.g. `attributes.plan=pro` (repeatable).",
+            ),
+        ]
+    )
 )
 class CustomerViewSet(viewsets.ModelViewSet):
     """Customers, addressed by their ``external_id``."""
@@ -174,10 +179,14 @@ class CustomerViewSet(viewsets.ModelViewSet):
     permission_classes = [CustomerWritePermission]
     pagination_class = CursorPagination
     lookup_field = "external_id"
-    lookup_value_regex = "[^/]+"
+    # Any external id, slashes included (``/customers/shop%2F12/``: the server decodes %2F
+    # before routing); the only other route under customers/ is the list-level bulk/.
+    lookup_value_regex = ".+"
     filter_backends: list = []
 
     def get_queryset(self):
+        if self.action != "list":
+            return Customer.objects.select_related("metrics")
         params = self.request.query_params
         segment = None
         if params.get("segment"):
@@ -189,15 +198,25 @@ class CustomerViewSet(viewsets.ModelViewSet):
             raise ValidationError(
                 {"subscription_status": [f"Choose one of {', '.join(SubscriptionStatus.values)}."]}
             )
+        attributes = tuple(
+            (key.removeprefix("attributes."), value)
+            for key, value in params.items()
+            if key.startswith("attributes.")
+        )
+        for key, _ in attributes:
+            if not ATTRIBUTE_KEY.fullmatch(key):
+                raise ValidationError(
+                    {
+                        f"attributes.{key}": [
+                            "Attribute keys are 1 to 64 letters, digits, '_' or '-' (without '__')."
+                        ]
+                    }
+                )
         filters = CustomerFilters(
             search=params.get("search", ""),
             subscription_status=status_filter,
             segment=segment,
-            attributes=tuple(
-                (key.removeprefix("attributes."), value)
-                for key, value in params.items()
-                if key.startswith("attributes.")
-            ),
+            attributes=attributes,
         )
         return customer_search(filters=filters).select_related("metrics")
 

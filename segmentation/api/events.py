@@ -7,7 +7,12 @@ from typing import Any
 import msgspec
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -73,21 +78,32 @@ class IngestResultSerializer(serializers.Serializer):
     rejected = serializers.ListField(child=serializers.DictField())
 
 
-_EVENT_ITEM = inline_serializer(
-    "EventItem",
-    fields={
-        "customer": serializers.CharField(help_text="The customer's external_id."),
-        "type": serializers.CharField(help_text="Free text: purchase, session, page_view ..."),
-        "occurred_at": serializers.DateTimeField(help_text="ISO 8601; naive means UTC."),
-        "value": serializers.DecimalField(
-            max_digits=14, decimal_places=2, required=False, allow_null=True
-        ),
-        "properties": serializers.DictField(required=False),
-        "source": serializers.CharField(required=False),
-        "event_id": serializers.CharField(
-            required=False, help_text="Idempotency key, unique per source."
-        ),
-    },
+def _event_item() -> serializers.Serializer:
+    """The schema of one event sent to POST (the body is read by msgspec, not by this)."""
+    return inline_serializer(
+        "EventItem",
+        fields={
+            "customer": serializers.CharField(help_text="The customer's external_id."),
+            "type": serializers.CharField(help_text="Free text: purchase, session, page_view ..."),
+            "occurred_at": serializers.DateTimeField(help_text="ISO 8601; naive means UTC."),
+            "value": serializers.DecimalField(
+                max_digits=14, decimal_places=2, required=False, allow_null=True
+            ),
+            "properties": serializers.DictField(required=False),
+            "source": serializers.CharField(required=False),
+            "event_id": serializers.CharField(
+                required=False, help_text="Idempotency key, unique per source."
+            ),
+        },
+    )
+
+
+_EVENT_ITEM = _event_item()
+_EVENT_BATCH = PolymorphicProxySerializer(
+    component_name="EventBatch",
+    serializers=[_EVENT_ITEM, type(_EVENT_ITEM)(many=True, max_length=MAX_EVENTS)],
+    resource_type_field_name=None,
+    many=False,
 )
 
 
@@ -95,6 +111,8 @@ class EventApi(APIView):
     """Ingest events (POST) and list them (GET)."""
 
     permission_classes = [IsMarketerOrIntegrator]
+    # GET pages with this (read by the schema too).
+    pagination_class = CursorPagination
 
     def get_permissions(self):
         if self.request.method == "POST":
@@ -102,7 +120,7 @@ class EventApi(APIView):
         return super().get_permissions()
 
     @extend_schema(
-        request=_EVENT_ITEM,
+        request=_EVENT_BATCH,
         parameters=[
             OpenApiParameter(
                 "create_customers",
@@ -148,6 +166,6 @@ class EventApi(APIView):
             events = events.filter(customer=customer)
         if request.query_params.get("type"):
             events = events.filter(type=request.query_params["type"])
-        paginator = CursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response(EventSerializer(page, many=True).data)

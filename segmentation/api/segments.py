@@ -40,7 +40,12 @@ class SegmentSerializer(serializers.ModelSerializer):
     """A segment. ``rule``: the rule tree (rule segments), ``{"r": [lo, hi], "f": [lo, hi]}``
     (RFM segments) or nothing (static segments); see the Rule JSON reference."""
 
-    slug = serializers.SlugField(required=False, max_length=200)
+    slug = serializers.RegexField(
+        r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?$",
+        required=False,
+        max_length=200,
+        error_messages={"invalid": "A slug is lowercase letters, digits and hyphens."},
+    )
     rule = serializers.JSONField(required=False, allow_null=True)
 
     class Meta:
@@ -65,6 +70,14 @@ class SegmentSerializer(serializers.ModelSerializer):
         if self.instance is not None and value != self.instance.kind:
             raise serializers.ValidationError("A segment's kind cannot change.")
         return value
+
+    def validate(self, attrs):
+        kind = self.instance.kind if self.instance is not None else attrs.get("kind")
+        if "rule" in attrs and attrs["rule"] is None and kind == SegmentKind.RULE:
+            raise serializers.ValidationError({"rule": ["A rule segment needs a rule."]})
+        if "rule" in attrs and attrs["rule"] is None and kind == SegmentKind.RFM:
+            raise serializers.ValidationError({"rule": ["An RFM segment needs its score ranges."]})
+        return attrs
 
 
 class MemberSerializer(serializers.ModelSerializer):
@@ -170,14 +183,14 @@ class SegmentViewSet(viewsets.ModelViewSet):
         segment_services.segment_delete(segment=instance)
 
     @extend_schema(responses=MemberSerializer(many=True))
-    @action(detail=True, methods=["get"], url_path="members")
+    @action(detail=True, methods=["get"], url_path="members", pagination_class=CursorPagination)
     def members(self, request: Request, pk=None) -> Response:
         """Current members, newest first, with a cursor."""
         segment = self.get_object()
         memberships = SegmentMembership.objects.filter(
             segment=segment, left_at__isnull=True
         ).select_related("customer")
-        paginator = CursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(memberships, request, view=self)
         return paginator.get_paginated_response(MemberSerializer(page, many=True).data)
 

@@ -141,3 +141,29 @@ def test_refresh_runs_can_be_started_and_followed(api_client_for, marketer, inte
     assert listed[0]["id"] == run.pk
     assert api_client_for(integrator).post("/api/v1/refreshes/").status_code == 403
     assert run.status in {JobStatus.PENDING, JobStatus.SUCCEEDED}
+
+
+def test_a_rule_cannot_be_cleared_and_slugs_are_checked(api_client_for, marketer):
+    client = api_client_for(marketer)
+    rule = client.post("/api/v1/segments/", {"name": "R", "kind": "rule", "rule": RULE}).json()
+    response = client.patch(f"/api/v1/segments/{rule['id']}/", {"rule": None})
+    assert response.status_code == 400
+    assert response.json() == {"rule": ["A rule segment needs a rule."]}
+    assert Segment.objects.get(pk=rule["id"]).rule == RULE
+    static = client.post("/api/v1/segments/", {"name": "S", "kind": "static"}).json()
+    assert client.patch(f"/api/v1/segments/{static['id']}/", {"rule": None}).status_code == 200
+    for slug in ("Upper", "trailing-", "_lead", "sp ace"):
+        response = client.patch(f"/api/v1/segments/{static['id']}/", {"slug": slug})
+        assert response.status_code == 400, slug
+        assert "slug" in response.json()
+    response = client.patch(f"/api/v1/segments/{static['id']}/", {"slug": "good_one-2"})
+    assert response.status_code == 200 and response.json()["slug"] == "good_one-2"
+
+
+def test_an_out_of_range_date_rule_is_a_400_not_a_broken_refresh(api_client_for, marketer):
+    client = api_client_for(marketer)
+    rule = {"all": [{"field": "created_at", "op": "after", "value": "9999-12-31"}]}
+    response = client.post("/api/v1/segments/", {"name": "X", "kind": "rule", "rule": rule})
+    assert response.status_code == 400 and "out of range" in response.json()["rule"][0]
+    response = client.post("/api/v1/segments/preview/", {"rule": rule})
+    assert response.status_code == 400 and "all[0]" in response.json()["rule"][0]
