@@ -22,11 +22,18 @@ def import_job_run_task(job_id: int) -> None:
 
 @shared_task(acks_late=True)
 def refresh_run_task(run_id: int) -> None:
-    from segmentation.services.refresh import refresh_run_execute
+    from segmentation.services.refresh import refresh_in_progress, refresh_run_execute
 
-    run = RefreshRun.objects.filter(pk=run_id, status=JobStatus.PENDING).first()
-    if run is not None:
-        refresh_run_execute(run=run)
+    run = RefreshRun.objects.filter(
+        pk=run_id, status__in=[JobStatus.PENDING, JobStatus.RUNNING]
+    ).first()
+    if run is None:
+        return
+    # Running already: this is the task delivered again. Its worker died if nobody holds the
+    # pipeline lock (acks_late requeues a killed worker's task): run it again then.
+    if run.status == JobStatus.RUNNING and refresh_in_progress() is not False:
+        return
+    refresh_run_execute(run=run)
 
 
 @shared_task

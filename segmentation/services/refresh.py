@@ -2,12 +2,14 @@
 
 One run at a time: on PostgreSQL an advisory lock guards the pipeline, so the hourly schedule,
 a marketer's button and an ops command never overlap; a run whose worker died is marked
-failed by the next run. Progress (step, steps done, timings) is saved on the ``RefreshRun``
-as the pipeline goes, in its own small updates, so pages can poll it.
+failed by the next run, or by the next request for one (running, yet nobody holds the
+lock). Progress (step, steps done, timings) is saved on the ``RefreshRun`` as the pipeline
+goes, in its own small updates, so pages can poll it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +28,32 @@ from segmentation.services.segments import segments_refresh_all
 
 #: The pipeline's first step: the event summary catches up with the events (PostgreSQL).
 SUMMARY_STEP = "Event summary"
+logger = logging.getLogger(__name__)
 _LOCK_KEY = 7_320_001  # arbitrary, fixed: the refresh pipeline's advisory lock
 #: A pending or running run older than this is presumed dead (its worker stopped).
 STALE_AFTER = timedelta(hours=2)
+#: A run still pending this long was never picked up (its task was lost): a new request
+#: starts another run instead of waiting on it.
+PENDING_STALE_AFTER = timedelta(minutes=15)
+INTERRUPTED = "Interrupted (the worker stopped before finishing)."
 
 
 class RefreshBusy(Exception):
     """Another refresh run holds the lock."""
+
+
+def refresh_in_progress() -> bool | None:
+    """Whether a run holds the pipeline lock right now; None where there is no lock (SQLite,
+    where development runs the pipeline in-process)."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND classid = 0 AND objid = %s AND objsubid = 1)",
+            [_LOCK_KEY],
+        )
+        return cursor.fetchone()[0]
 
 
 @contextmanager
@@ -106,18 +127,18 @@ def refresh_run_execute(*, run: RefreshRun, full_metrics: bool = False) -> Refre
     try:
         with _pipeline_lock():
             RefreshRun.objects.filter(status=JobStatus.RUNNING).exclude(pk=run.pk).update(
-                status=JobStatus.FAILED,
-                message="Interrupted (the worker stopped before finishing).",
-                finished_at=timezone.now(),
+                status=JobStatus.FAILED, message=INTERRUPTED, finished_at=timezone.now()
             )
             _execute(run, full_metrics=full_metrics)
     except RefreshBusy:
-        _update(
-            run,
-            status=JobStatus.FAILED,
-            message="Another refresh was running; this one was skipped.",
-            finished_at=timezone.now(),
-        )
+        # A run already running here is a task delivered again while it still runs: left be.
+        if run.status != JobStatus.RUNNING:
+            _update(
+                run,
+                status=JobStatus.FAILED,
+                message="Another refresh was running; this one was skipped.",
+                finished_at=timezone.now(),
+            )
     return run
 
 
@@ -199,12 +220,45 @@ def refresh_run_submit(*, created_by=None, trigger: str = "manual") -> RefreshRu
 
     from segmentation.tasks import refresh_run_task
 
-    recent = timezone.now() - STALE_AFTER
-    active = RefreshRun.objects.filter(
-        status__in=[JobStatus.PENDING, JobStatus.RUNNING], created_at__gte=recent
-    ).first()
+    now = timezone.now()
+    active = (
+        RefreshRun.objects.filter(
+            status__in=[JobStatus.PENDING, JobStatus.RUNNING], created_at__gte=now - STALE_AFTER
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    if active is not None and active.status == JobStatus.RUNNING and refresh_in_progress() is False:
+        # Running, but nobody holds the lock: its worker died.
+        _update(active, status=JobStatus.FAILED, message=INTERRUPTED, finished_at=now)
+        active = None
+    if (
+        active is not None
+        and active.status == JobStatus.PENDING
+        and active.created_at < now - PENDING_STALE_AFTER
+    ):
+        _update(
+            active,
+            status=JobStatus.FAILED,
+            message="No worker picked this refresh up; a new one was started.",
+            finished_at=now,
+        )
+        active = None
     if active is not None:
         return active
     run = refresh_run_create(trigger=trigger, created_by=created_by)
-    transaction.on_commit(lambda: refresh_run_task.delay(run.pk))
+
+    def enqueue() -> None:
+        try:
+            refresh_run_task.delay(run.pk)
+        except Exception as error:  # the broker is unreachable: say so on the run
+            logger.exception("Could not queue refresh run %s", run.pk)
+            _update(
+                run,
+                status=JobStatus.FAILED,
+                message=f"Could not queue the refresh ({error}); is the task broker up?",
+                finished_at=timezone.now(),
+            )
+
+    transaction.on_commit(enqueue)
     return run

@@ -106,7 +106,10 @@ def segment_create(
                     position=position,
                     created_by=created_by,
                 )
-        except IntegrityError:  # a concurrent create took the slug
+        except IntegrityError:
+            if not Segment.objects.filter(slug=slug).exists():
+                raise  # not the slug: a bug, not the marketer's mistake
+            # A concurrent create took the slug.
             raise ServiceError(f"The slug {slug!r} is taken.", field="slug", code="taken") from None
 
 
@@ -141,6 +144,10 @@ def segment_update(
                     field="slug",
                     code="referenced",
                 )
+            if segment.kind == SegmentKind.RFM:
+                # The metrics name their RFM segment by slug: follow the rename at once, so that
+                # refreshing this segment before the next recompute keeps its members.
+                CustomerMetrics.objects.filter(rfm_segment=segment.slug).update(rfm_segment=slug)
             segment.slug = slug
             fields.append("slug")
         if rule is not None:
@@ -289,6 +296,10 @@ def segment_refresh(
     with transaction.atomic():
         # The row lock serializes refreshes and static edits of one segment.
         segment = Segment.objects.select_for_update().get(pk=segment.pk)
+        # The rule is evaluated as of ``now``; the history only moves forward: a refresh as of
+        # an earlier moment than the last one (recompute_segments --as-of in the past) records
+        # its joins and leaves at the last refresh's time, never before what is recorded.
+        stamp = max(now, segment.refreshed_at) if segment.refreshed_at else now
         joined = left = 0
         if segment.kind != SegmentKind.STATIC:
             _postgres_settings()
@@ -298,11 +309,11 @@ def segment_refresh(
                 target_sql, target_params = _target_sql(segment, now)
             _materialize_target(target_sql, target_params)
             try:
-                left = _mark_leavers(segment, now)
-                joined = _insert_joiners(segment, now)
+                left = _mark_leavers(segment, stamp)
+                joined = _insert_joiners(segment, stamp)
             finally:
                 _drop_target()
-        size = _record(segment, now=now, joined=joined, left=left)
+        size = _record(segment, now=stamp, joined=joined, left=left)
     return SegmentRefreshResult(
         joined=joined,
         left=left,
@@ -689,11 +700,16 @@ def static_segment_parse_csv(file_or_text: str | bytes | IO[Any]) -> CsvIdentifi
             raise ServiceError("The file is not UTF-8 text.", field="file") from None
     else:
         text = raw.removeprefix("\ufeff")
+    # Imported here: the import services import the customer services, which import this.
+    from segmentation.services.imports import csv_dialect
+
     try:
-        dialect: Any = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text), dialect)]
+        rows = [
+            [cell.strip() for cell in row]
+            for row in csv.reader(io.StringIO(text, newline=""), csv_dialect(text[:4096]))
+        ]
+    except csv.Error as error:
+        raise ServiceError(f"This is not a valid CSV file: {error}.", field="file") from None
     rows = [row for row in rows if any(row)]
     if len(rows) > CSV_MAX_ROWS:
         raise ServiceError(f"The file has more than {CSV_MAX_ROWS} rows.", field="file")

@@ -360,3 +360,20 @@ def test_email_counts_changed_by_campaigns_make_the_customer_stale():
     assert result.incremental
     assert_matches(expected_now(AS_OF), stored())
     assert stored()[ids[5]]["emails_opened"] == 12
+
+
+@pytest.mark.parametrize("how", ["save", "update"])
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_an_event_moved_after_the_as_of_no_longer_counts(how, full):
+    """The update trigger re-summarizes the customer with the moved event's new time, past
+    the summary's recorded newest time: the bound follows, so the recompute filters it out."""
+    history()
+    moved = Event.objects.filter(type="purchase").order_by("pk").first()
+    if how == "save":
+        moved.occurred_at = AS_OF + timedelta(days=30)
+        moved.save()
+    else:
+        Event.objects.filter(pk=moved.pk).update(occurred_at=AS_OF + timedelta(days=30))
+    metrics_recompute(as_of=AS_OF + HOUR, purchase_types=["purchase"], full=full)
+    assert_matches(expected_now(AS_OF + HOUR), stored())
+    assert stored()[moved.customer_id]["last_activity_at"] <= AS_OF + HOUR

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -133,6 +135,29 @@ def test_recompute_command(shop):
     assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11
     with pytest.raises(CommandError, match="not an ISO 8601"):
         call_command("recompute_segments", "--as-of", "last tuesday")
+    for value in ("0001-01-01T00:00:00+01:00", "9999-12-31"):
+        with pytest.raises(CommandError, match="out of range"):
+            call_command("recompute_segments", "--as-of", value)
+    assert RefreshRun.objects.count() == 1
+
+
+MANAGE = str(Path(__file__).resolve().parents[2] / "manage.py")
+
+
+def test_recompute_command_usage_errors_are_not_tracebacks():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, MANAGE, "recompute_segments", "--as-of", "garbage"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SECRET_KEY": "x"},
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "argument --as-of: 'garbage' is not an ISO 8601" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_recompute_command_can_rebuild_the_event_summary(shop):
@@ -165,3 +190,84 @@ def test_recompute_command_can_force_a_full_metrics_recompute(shop, monkeypatch)
     call_command("recompute_segments", "--as-of", "2024-07-01", "--full", stdout=io.StringIO())
     assert calls == [False, True]
     assert CustomerMetrics.objects.get(customer__external_id="ann").recency_days == 11
+
+
+class _HeldLock:
+    """The pipeline lock held by another session, as a running worker holds it."""
+
+    def __enter__(self):
+        from django.db import DEFAULT_DB_ALIAS, connections
+
+        self.other = connections.create_connection(DEFAULT_DB_ALIAS)
+        with self.other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [refresh._LOCK_KEY])
+        return self
+
+    def __exit__(self, *exc):
+        with self.other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [refresh._LOCK_KEY])
+        self.other.close()
+
+
+def test_a_running_run_whose_worker_died_does_not_block_a_new_one(
+    shop, require_postgres, django_capture_on_commit_callbacks
+):
+    dead = RefreshRun.objects.create(as_of=AS_OF, status=JobStatus.RUNNING)
+    with _HeldLock():
+        assert refresh.refresh_in_progress() is True
+        with django_capture_on_commit_callbacks():
+            assert refresh.refresh_run_submit().pk == dead.pk  # alive while the lock is held
+    assert refresh.refresh_in_progress() is False
+    with django_capture_on_commit_callbacks():
+        new = refresh.refresh_run_submit()
+    assert new.pk != dead.pk
+    dead.refresh_from_db()
+    assert dead.status == JobStatus.FAILED and "Interrupted" in dead.message
+
+
+def test_a_task_delivered_again_reruns_a_dead_run_and_leaves_a_live_one(shop, require_postgres):
+    run = RefreshRun.objects.create(as_of=AS_OF, status=JobStatus.RUNNING)
+    with _HeldLock():
+        refresh_run_task(run.pk)  # still running elsewhere: left be
+        run.refresh_from_db()
+        assert run.status == JobStatus.RUNNING
+        refresh.refresh_run_execute(run=run)  # the same through the service
+        run.refresh_from_db()
+        assert run.status == JobStatus.RUNNING
+    refresh_run_task(run.pk)  # its worker died (acks_late requeued the task): run again
+    run.refresh_from_db()
+    assert run.status == JobStatus.SUCCEEDED, run.message
+
+
+def test_a_pending_run_never_picked_up_does_not_block_a_new_one(
+    shop, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks():
+        lost = refresh.refresh_run_submit()  # its task never runs
+    RefreshRun.objects.filter(pk=lost.pk).update(
+        created_at=timezone.now() - refresh.PENDING_STALE_AFTER - timedelta(minutes=1)
+    )
+    with django_capture_on_commit_callbacks():
+        assert refresh.refresh_run_submit().pk != lost.pk
+    lost.refresh_from_db()
+    assert lost.status == JobStatus.FAILED and "No worker" in lost.message
+
+
+def test_an_unreachable_broker_fails_the_run_with_a_reason(
+    shop, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The broker is outside the process: its failure is injected at the send."""
+    from kombu.exceptions import OperationalError
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6399. Connection refused.")
+
+    monkeypatch.setattr(refresh_run_task, "delay", unreachable)
+    with django_capture_on_commit_callbacks(execute=True):
+        run = refresh.refresh_run_submit()
+    run.refresh_from_db()
+    assert run.status == JobStatus.FAILED
+    assert "Could not queue the refresh" in run.message and "broker" in run.message
+    monkeypatch.undo()
+    with django_capture_on_commit_callbacks():
+        assert refresh.refresh_run_submit().pk != run.pk

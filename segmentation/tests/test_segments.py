@@ -258,6 +258,30 @@ def test_refresh_records_joins_and_leaves_across_refreshes(people):
     ]
 
 
+def test_a_refresh_as_of_an_earlier_moment_records_no_history_before_the_last(people):
+    segment = rule_segment(
+        "recent",
+        {"all": [{"field": "metrics.last_purchase_at", "op": "within_last_days", "value": 7}]},
+    )
+    assert segment_refresh(segment=segment, now=NOW + 10 * DAY).size == 0
+    earlier = segment_refresh(segment=segment, now=NOW)  # the rule as of NOW: one buyer
+    assert (earlier.joined, earlier.size) == (1, 1)
+    stay = SegmentMembership.objects.get(segment=segment)
+    assert stay.joined_at == NOW + 10 * DAY  # recorded at the last refresh's time
+    segment.refresh_from_db()
+    assert segment.refreshed_at == NOW + 10 * DAY
+    later = segment_refresh(segment=segment, now=NOW + 11 * DAY)
+    assert (later.left, later.size) == (1, 0)
+    stay.refresh_from_db()
+    assert stay.left_at == NOW + 11 * DAY >= stay.joined_at
+    assert set(
+        SegmentSizeSnapshot.objects.filter(segment=segment).values_list("date", flat=True)
+    ) == {
+        (NOW + 10 * DAY).date(),
+        (NOW + 11 * DAY).date(),
+    }
+
+
 def test_refresh_snapshots_add_up_over_the_day(people):
     segment = rule_segment("subscribed", SUBSCRIBED)
     segment_refresh(segment=segment, now=NOW)
@@ -314,6 +338,18 @@ def test_rfm_segment_holds_customers_with_its_label(people):
     result = segment_refresh(segment=champions, now=NOW + DAY)
     assert (result.joined, result.left) == (1, 1)
     assert members(champions) == {"bob"}
+
+
+def test_renaming_an_rfm_segment_keeps_its_members(people):
+    champions, _ = Segment.objects.get_or_create(
+        slug="champions",
+        defaults={"name": "Champions", "kind": "rfm", "rule": {"r": [4, 5], "f": [4, 5]}},
+    )
+    assert segment_refresh(segment=champions, now=NOW).size == 1
+    champions = segment_update(segment=champions, slug="champs")
+    result = segment_refresh(segment=champions, now=NOW + DAY)
+    assert (result.joined, result.left, result.size) == (0, 0, 1)
+    assert CustomerMetrics.objects.get(customer=people["alice"]).rfm_segment == "champs"
 
 
 def test_refresh_all_moves_customers_between_rfm_segments(people):

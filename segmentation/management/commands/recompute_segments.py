@@ -1,3 +1,4 @@
+from argparse import ArgumentTypeError
 from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -9,11 +10,19 @@ from segmentation.services.refresh import refresh_now
 
 
 def _as_of(value: str) -> datetime:
+    """argparse turns ArgumentTypeError into a usage error (CommandError would be a traceback
+    here)."""
     try:
         moment = datetime.fromisoformat(value)
+        moment = moment.astimezone(UTC) if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
     except ValueError:
-        raise CommandError(f"--as-of {value!r} is not an ISO 8601 date or date-time.") from None
-    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+        raise ArgumentTypeError(f"{value!r} is not an ISO 8601 date or date-time") from None
+    except OverflowError:
+        moment = datetime.min.replace(tzinfo=UTC)
+    # The recompute looks back up to a year from the as-of: keep that within the calendar.
+    if not 2 <= moment.year <= 9998:
+        raise ArgumentTypeError(f"{value!r} is out of range (years 2 to 9998)")
+    return moment
 
 
 class Command(BaseCommand):
