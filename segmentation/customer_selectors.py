@@ -8,6 +8,7 @@ row shown.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,8 @@ from segmentation.models import (
     SegmentSizeSnapshot,
 )
 
-ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Attribute keys the filters accept: no ``__``, which Django would read as a lookup.
+ATTRIBUTE_KEY = re.compile(r"(?!.*__)[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ def _attribute_q(key: str, value: str) -> Q:
                 number = float(value)
             except ValueError:
                 number = None
-        if number is not None:
+        # float() also reads nan, inf and 1e400, which are not JSON; and the databases
+        # compare integers of at most 64 bits.
+        if number is not None and math.isfinite(number) and abs(number) < 2**63:
             q |= Q(**{lookup: number})
     return q
 

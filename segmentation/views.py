@@ -337,7 +337,7 @@ def segment_member_remove(request: HttpRequest, slug: str) -> HttpResponse:
 
     segment = _static_segment(slug)
     customer_id = request.POST.get("customer", "")
-    if not customer_id.isdigit():
+    if not customer_id.isdigit() or len(customer_id) > 18:
         messages.error(request, "No customer to remove.")
         return redirect(segment)
     try:
@@ -345,9 +345,12 @@ def segment_member_remove(request: HttpRequest, slug: str) -> HttpResponse:
     except ServiceError as error:
         messages.error(request, error.message)
         return redirect(segment)
-    if _fragment_request(request):
+    if _fragment_request(request) and change[0]:
         return HttpResponse("")  # the row goes away
     _report_change(request, change, verb="Removed")
+    if _fragment_request(request):
+        # Nothing was removed (not a member any more): show why on the reloaded page.
+        return HttpResponseClientRedirect(segment.get_absolute_url())
     return redirect(segment)
 
 
@@ -516,6 +519,8 @@ def _tree_from_json(text: str, *, fallback: builder.Group) -> tuple[builder.Grou
     try:
         rule = json.loads(text)
         rule_validate(rule)
+    except RecursionError:
+        return fallback, "That is not a rule: it is nested far too deeply."
     except ValueError as error:  # json.JSONDecodeError and RuleError are ValueErrors
         if isinstance(error, RuleError):
             where = f" (at {error.path})" if error.path else ""

@@ -142,3 +142,19 @@ def test_engagement_model_admin_validates_the_definition(client_for, staff_user,
 def test_non_staff_cannot_open_the_admin(client_for, marketer):
     response = client_for(marketer).get(reverse("admin:segmentation_customer_changelist"))
     assert response.status_code == 302
+
+
+def test_csv_export_neutralises_formulas(client_for, staff_user, records):
+    type(records).objects.filter(pk=records.pk).update(
+        first_name='=HYPERLINK("http://evil","x")', last_name="-2+3", locale="@SUM(A1)"
+    )
+    response = client_for(staff_user).post(
+        reverse("admin:segmentation_customer_changelist"),
+        {"action": "export_as_csv", "_selected_action": [records.pk]},
+    )
+    header, row = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    values = dict(zip(header, row, strict=True))
+    assert values["first_name"] == '\'=HYPERLINK("http://evil","x")'
+    assert values["last_name"] == "'-2+3"
+    assert values["locale"] == "'@SUM(A1)"
+    assert values["id"] == str(records.pk)

@@ -244,6 +244,11 @@ def test_pasted_json_replaces_the_tree(client_for, marketer, buyers):
     [
         ("{not json", "That is not JSON"),
         ('{"all": [{"field": "nope", "op": "eq"}]}', "nope is not a known field"),
+        ("[" * 100_000, "nested far too deeply"),
+        (
+            '{"all": [{"field": "created_at", "op": "after", "value": "9999-12-31"}]}',
+            "out of range",
+        ),
     ],
 )
 def test_bad_pasted_json_is_reported_and_the_tree_kept(

@@ -418,6 +418,7 @@ def test_upload_a_csv_of_identifiers(client_for, marketer, static):
         (b"\xff\xfe\x00\x01", "not UTF-8"),
         (b"a@example.com,b@example.com\n", "add a header row"),
         (b"email\n", "holds no emails or external ids"),
+        (b"external_id\n" + b"x" * 200_000 + b"\n", "not a valid CSV file"),
     ],
 )
 def test_bad_identifier_csv_is_reported(client_for, marketer, static, content, message):
@@ -493,3 +494,27 @@ def test_delete_is_refused_with_the_services_message_while_a_rule_references_it(
     assert "is used by the rules of" in response.text
     assert Segment.objects.filter(pk=static.pk).exists()
     assert "Used by the rules of" in response.text
+
+
+def test_removing_what_is_not_a_member_says_so(client_for, marketer, static):
+    client = client_for(marketer)
+    url = reverse("segmentation:segment-member-remove", args=[static.slug])
+    response = client.post(url, {"customer": "999999999"}, headers=HX)
+    assert response.status_code == 200 and response["HX-Redirect"] == static.get_absolute_url()
+    assert "Removed 0 customers." in client.get(static.get_absolute_url()).text
+    response = client.post(url, {"customer": "9" * 30}, follow=True)
+    assert response.status_code == 200 and "No customer to remove." in response.text
+
+
+def test_identifier_csv_apostrophes_are_text(client_for, marketer, static):
+    ann = CustomerFactory(email="o'neil@example.com")
+    bob = CustomerFactory(external_id="'t-hooft")
+    csv_file = SimpleUploadedFile(
+        "list.csv", b"email,external_id\no'neil@example.com,\n,'t-hooft\n"
+    )
+    client_for(marketer).post(
+        reverse("segmentation:segment-member-upload", args=[static.slug]), {"file": csv_file}
+    )
+    assert set(
+        SegmentMembership.objects.filter(segment=static).values_list("customer", flat=True)
+    ) == {ann.pk, bob.pk}
