@@ -89,7 +89,10 @@ def test_customer_list_filters(api_client_for, marketer):
     bob = CustomerFactory(email="bob@shop.example", first_name="Bob", attributes={"plan": "free"})
     # Fixed names: a generated one could start with "Ann" or "Bob" and match the searches.
     gone = CustomerFactory(
-        first_name="Zed", last_name="Quill", subscription_status="unsubscribed", attributes={"seats": 3}
+        first_name="Zed",
+        last_name="Quill",
+        subscription_status="unsubscribed",
+        attributes={"seats": 3},
     )
     segment = SegmentFactory(slug="vip", kind="static")
     segment.memberships.create(customer=pro, joined_at="2024-01-01T00:00:00Z")
