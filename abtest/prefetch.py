@@ -9,6 +9,7 @@ the thread that opened them, and the consumer's transaction is the one that coun
 
 from __future__ import annotations
 
+import gc
 import queue
 import sys
 import threading
@@ -98,3 +99,34 @@ def short_gil_slices(interval: float = SHORT_SWITCH_INTERVAL) -> Iterator[None]:
             _switch_users -= 1
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_previous)
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = True
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for the block (reference counting still frees
+    everything that is not in a cycle).
+
+    A bulk import keeps a few chunks of parsed rows alive, millions of small objects, and the
+    collector traverses them over and over as they accumulate: a quarter of the parsing time
+    of a 1M-row customer file. Parsed rows form no cycles, so nothing piles up meanwhile.
+    Process-wide, so nested and concurrent blocks share one pause; the collector comes back
+    (as it was) when the last one ends.
+    """
+    global _gc_users, _gc_was_enabled
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()

@@ -104,3 +104,56 @@ def test_overlapping_blocks_in_two_threads_restore_the_setting_once_both_end():
     release.set()
     thread.join(5)
     assert sys.getswitchinterval() == before
+
+
+def test_the_cyclic_collector_is_paused_for_the_block_and_restored():
+    import gc
+
+    from abtest.prefetch import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        assert not gc.isenabled()
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "the outer block still runs"
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), cyclic_gc_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_a_collector_disabled_before_the_block_stays_disabled():
+    import gc
+
+    from abtest.prefetch import cyclic_gc_paused
+
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_collector_comes_back_once_both_threads_blocks_end():
+    import gc
+
+    from abtest.prefetch import cyclic_gc_paused
+
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with cyclic_gc_paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    with cyclic_gc_paused():
+        thread.start()
+        assert inside.wait(5)
+    assert not gc.isenabled()  # the other block still runs
+    release.set()
+    thread.join(5)
+    assert gc.isenabled()

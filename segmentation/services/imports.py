@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from abtest.errors import ServiceError
 from abtest.models import JobStatus
-from abtest.prefetch import prefetched, short_gil_slices
+from abtest.prefetch import cyclic_gc_paused, prefetched, short_gil_slices
 from segmentation.models import ImportJob, ImportKind
 from segmentation.services.bulk import analyze_if_stale
 from segmentation.services.customers import UpsertResult, customers_upsert
@@ -454,7 +454,7 @@ def csv_import(
     # Parsing and validating (pure Python) run up to two chunks ahead in a thread while the
     # database applies the current one.
     chunks = _parsed_chunks(csv_file, kind=kind, chunk_rows=chunk_rows)
-    with short_gil_slices():
+    with short_gil_slices(), cyclic_gc_paused():
         _apply_chunks(prefetched(chunks, depth=2), result, is_customers, create_customers, progress)
     analyze_if_stale("segmentation_customer" if is_customers else "segmentation_event")
     return result
