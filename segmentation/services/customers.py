@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -92,7 +93,8 @@ _STAGE_COLUMNS = (
     ("locale", "text"),
     ("time_zone", "text"),
     ("subscription_status", "text"),
-    ("attributes", "jsonb"),
+    ("attributes", "jsonb"),  # the keys sent with a value
+    ("attributes_removed", "text[]"),  # the keys sent as null (NULL when none)
     ("provided", "integer"),
 )
 
@@ -130,8 +132,11 @@ FROM (
         {_set("time_zone", "''")} AS time_zone,
         COALESCE(s.subscription_status, c.subscription_status, 'subscribed')
             AS subscription_status,
+        -- Attributes merge key by key at the top level: the keys sent as null go, the others
+        -- are set (a null inside a nested value is data, kept).
         CASE WHEN s.attributes IS NULL THEN COALESCE(c.attributes, '{{}}'::jsonb)
-             ELSE jsonb_strip_nulls(COALESCE(c.attributes, '{{}}'::jsonb) || s.attributes)
+             ELSE COALESCE(c.attributes, '{{}}'::jsonb)
+                  - COALESCE(s.attributes_removed, '{{}}') || s.attributes
         END AS attributes,
         {", ".join(f"c.{c} AS old_{c}" for c in _MATCH_COLUMNS)}
     FROM customer_stage s
@@ -213,9 +218,40 @@ RETURNING s.line, s.email, d.kept
 """
 
 
+def _attribute_changes(attributes: dict | None) -> tuple[str | None, list[str] | None]:
+    """The staged ``attributes`` (JSON of the keys sent with a value) and
+    ``attributes_removed`` (the keys sent as null) of a row."""
+    if attributes is None:
+        return None, None
+    if None not in attributes.values():
+        return bulk.json_text(attributes), None
+    removed = [key for key, value in attributes.items() if value is None]
+    return bulk.json_text(_strip_nulls(attributes)), removed
+
+
+def _may_repeat(rows: Sequence[tuple[int, CustomerRow]]) -> tuple[bool, bool]:
+    """Whether the batch may repeat an external_id, or an email as the unique index compares
+    them (``lower()``); only then do the SQL checks run. Cheap screens in Python that never
+    miss a repeat: ids are compared exactly; emails by Python's lower(), which for ASCII
+    text folds at least what PostgreSQL's does in any locale, and any non-ASCII email
+    counts as a possible repeat."""
+    ids = [row.external_id for _, row in rows]
+    emails = [row.email for _, row in rows if row.email is not None]
+    repeated_ids = len(set(ids)) < len(ids)
+    repeated_emails = bool(emails) and (
+        not "".join(emails).isascii() or len({email.lower() for email in emails}) < len(emails)
+    )
+    return repeated_ids, repeated_emails
+
+
 def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
     result = UpsertResult()
+    now = timezone.now()
+    repeated_ids, repeated_emails = _may_repeat(rows)
     with connection.cursor() as cursor:
+        if not (repeated_ids or repeated_emails) and _copy_if_new(cursor, rows, now):
+            result.created = len(rows)
+            return result
         bulk.stage(
             cursor,
             table="customer_stage",
@@ -230,17 +266,12 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
                     row.locale,
                     row.time_zone,
                     row.subscription_status,
-                    None if row.attributes is None else bulk.json_text(row.attributes),
+                    *_attribute_changes(row.attributes),
                     row.provided,
                 )
                 for key, row in rows
             ),
         )
-        cursor.execute(
-            "SELECT count(*) - count(DISTINCT external_id), "
-            "count(email) - count(DISTINCT lower(email)) FROM customer_stage"
-        )
-        repeated_ids, repeated_emails = cursor.fetchone()
         if repeated_ids:
             cursor.execute(_DUPLICATE_IDS_SQL)
             for line, external_id, first in cursor.fetchall():
@@ -253,36 +284,94 @@ def _upsert_postgres(rows: Sequence[tuple[int, CustomerRow]]) -> UpsertResult:
             cursor.execute(_DUPLICATE_EMAILS_SQL)
             for line, email, kept in cursor.fetchall():
                 result.rejected.append(RowError(line, "email", _email_repeated(email, line, kept)))
-        cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
-        with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
-            cursor.execute(_MATCH_SQL)
-        cursor.execute("SELECT count(*) FILTER (WHERE email_changed) FROM customer_match")
-        if cursor.fetchone()[0]:
-            cursor.execute(_TAKEN_EMAILS_SQL)
-            for line, email, owner in cursor.fetchall():
-                result.rejected.append(
-                    RowError(line, "email", f"{email!r} belongs to customer {owner!r}.")
-                )
-        cursor.execute(
-            "SELECT count(*) FILTER (WHERE cid IS NULL), count(*) FILTER (WHERE changed), "
-            "count(*) FILTER (WHERE cid IS NOT NULL AND NOT changed) FROM customer_match"
-        )
-        new, result.updated, result.unchanged = cursor.fetchone()
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                cursor.execute(_INSERT_SQL, {"now": now})
-            skipped = []
-        except IntegrityError:
-            cursor.execute(_INSERT_SKIPPING_SQL, {"now": now})
-            skipped = cursor.fetchall()
-        result.created = new - len(skipped)
-        if skipped:
-            result.rejected.extend(_skipped_errors(cursor, skipped))
-        if result.updated:
-            cursor.execute(_UPDATE_SQL, {"now": now})
+        _upsert_matched(cursor, result, now)
     result.rejected.sort(key=lambda error: error.row)
     return result
+
+
+#: How many of a batch's external ids ``_copy_if_new`` looks up before trying the COPY.
+NEW_BATCH_PROBES = 1_000
+_NEW_COLUMNS = ("external_id", *_MATCH_COLUMNS, "created_at", "updated_at")
+
+
+def _copy_if_new(cursor, rows: Sequence[tuple[int, CustomerRow]], now) -> bool:
+    """A batch of new customers only (a file's first import, a sign-up feed) goes straight
+    into the table with one ``COPY``, as a bare load would: a new customer's values are the
+    row's own (unsent text fields are empty, the status defaults to subscribed, attributes
+    sent as null are left out). Returns False, having written nothing, when the batch is not
+    all new: an external_id or email already stored fails the COPY on a unique index, and
+    the caller takes the general path.
+
+    A failed COPY has sent its whole batch first, so it is only tried when none of up to
+    :data:`NEW_BATCH_PROBES` external ids spread over the batch is stored (a re-import or an
+    update fails that lookup at once). The caller has checked the batch repeats nothing.
+    """
+    step = max(1, len(rows) // NEW_BATCH_PROBES)
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM segmentation_customer WHERE external_id = ANY(%s))",
+        [[row.external_id for _, row in rows[::step]]],
+    )
+    if cursor.fetchone()[0]:
+        return False
+    raw = getattr(cursor, "cursor", cursor)  # Django's CursorWrapper wraps psycopg's cursor
+    try:
+        with (
+            transaction.atomic(),
+            raw.copy(f"COPY segmentation_customer ({', '.join(_NEW_COLUMNS)}) FROM STDIN") as copy,
+        ):
+            for _, row in rows:
+                attributes = row.attributes
+                if attributes is not None and None in attributes.values():
+                    attributes = _strip_nulls(attributes)
+                copy.write_row(
+                    (
+                        row.external_id,
+                        row.email,
+                        row.first_name,
+                        row.last_name,
+                        row.locale,
+                        row.time_zone,
+                        row.subscription_status or SubscriptionStatus.SUBSCRIBED,
+                        "{}" if attributes is None else bulk.json_text(attributes),
+                        now,
+                        now,
+                    )
+                )
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
+def _upsert_matched(cursor, result: UpsertResult, now) -> None:
+    """The general path: each staged row matched to the stored customer, then new ones
+    inserted, changed ones updated, unchanged ones left alone."""
+    cursor.execute("DROP TABLE IF EXISTS pg_temp.customer_match")
+    with postgres_local_settings(**bulk.INDEX_PROBE_JOINS):
+        cursor.execute(_MATCH_SQL)
+    cursor.execute("SELECT count(*) FILTER (WHERE email_changed) FROM customer_match")
+    if cursor.fetchone()[0]:
+        cursor.execute(_TAKEN_EMAILS_SQL)
+        for line, email, owner in cursor.fetchall():
+            result.rejected.append(
+                RowError(line, "email", f"{email!r} belongs to customer {owner!r}.")
+            )
+    cursor.execute(
+        "SELECT count(*) FILTER (WHERE cid IS NULL), count(*) FILTER (WHERE changed), "
+        "count(*) FILTER (WHERE cid IS NOT NULL AND NOT changed) FROM customer_match"
+    )
+    new, result.updated, result.unchanged = cursor.fetchone()
+    try:
+        with transaction.atomic():
+            cursor.execute(_INSERT_SQL, {"now": now})
+        skipped = []
+    except IntegrityError:
+        cursor.execute(_INSERT_SKIPPING_SQL, {"now": now})
+        skipped = cursor.fetchall()
+    result.created = new - len(skipped)
+    if skipped:
+        result.rejected.extend(_skipped_errors(cursor, skipped))
+    if result.updated:
+        cursor.execute(_UPDATE_SQL, {"now": now})
 
 
 def _skipped_errors(cursor, skipped: list[tuple[int, str, str | None]]) -> list[RowError]:

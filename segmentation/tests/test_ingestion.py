@@ -67,6 +67,24 @@ def test_attributes_merge_key_by_key():
     }
 
 
+def test_a_null_attribute_removes_its_key_and_nested_nulls_are_kept():
+    upsert({"external_id": "a", "attributes": {"plan": "pro", "prefs": {"tone": None}}})
+    assert Customer.objects.get(external_id="a").attributes == {
+        "plan": "pro",
+        "prefs": {"tone": None},
+    }
+    result = upsert(
+        {"external_id": "a", "attributes": {"plan": None, "seats": 2, "gone": None}},
+        {"external_id": "b", "attributes": {"x": None, "y": [None, 1]}},
+    )
+    assert (result.created, result.updated) == (1, 1)
+    assert Customer.objects.get(external_id="a").attributes == {
+        "prefs": {"tone": None},
+        "seats": 2,
+    }
+    assert Customer.objects.get(external_id="b").attributes == {"y": [None, 1]}
+
+
 def test_repeated_external_ids_and_emails_in_a_batch_are_rejected_after_the_first():
     result = upsert(
         {"external_id": "a", "email": "x@example.com"},
@@ -329,3 +347,110 @@ def test_a_repeated_email_stays_with_the_customer_who_has_it():
         (3, "email", "'NEW@x.com' is repeated (first at 2)."),
     ]
     assert Customer.objects.get(external_id="P3").first_name == "Pat"
+
+
+def test_a_batch_of_new_customers_stores_what_the_general_path_stores():
+    # All new: inserted without the match table. The same rows, one of them an update, take
+    # the general path; both must store the same values.
+    rows = (
+        {"external_id": "n1", "email": "N1@x.io", "attributes": {"plan": "pro", "gone": None}},
+        {"external_id": "n2", "first_name": "Bo", "subscription_status": "bounced"},
+        {"external_id": "n3", "attributes": {"nested": {"keep": 1, "drop": None}}},
+    )
+    assert upsert(*rows).created == 3
+    fast = {
+        c.external_id: (
+            c.email,
+            c.first_name,
+            c.last_name,
+            c.locale,
+            c.time_zone,
+            c.subscription_status,
+            c.attributes,
+        )
+        for c in Customer.objects.all()
+    }
+    Customer.objects.all().delete()
+    upsert({"external_id": "old"})
+    result = upsert({"external_id": "old", "first_name": "Od"}, *rows)
+    assert (result.created, result.updated) == (3, 1)
+    general = {
+        c.external_id: (
+            c.email,
+            c.first_name,
+            c.last_name,
+            c.locale,
+            c.time_zone,
+            c.subscription_status,
+            c.attributes,
+        )
+        for c in Customer.objects.exclude(external_id="old")
+    }
+    assert fast == general
+    assert fast["n1"] == ("N1@x.io", "", "", "", "", "subscribed", {"plan": "pro"})
+    assert fast["n2"][5] == "bounced"
+    assert fast["n3"][6] == {"nested": {"keep": 1, "drop": None}}
+
+
+def test_a_new_customer_batch_with_an_existing_id_falls_back_and_counts_right():
+    upsert({"external_id": "z", "first_name": "Zed"})
+    result = upsert(*({"external_id": f"c{i}"} for i in range(50)), {"external_id": "z"})
+    assert (result.created, result.updated, result.unchanged, result.rejected) == (50, 0, 1, [])
+    assert Customer.objects.count() == 51
+
+
+def test_non_ascii_emails_repeated_in_a_batch_are_caught():
+    result = upsert(
+        {"external_id": "a", "email": "ann@Bücher.example"},
+        {"external_id": "b", "email": "ann@bücher.example"},
+    )
+    assert result.created == 1
+    assert [(e.row, e.column) for e in result.rejected] == [(1, "email")]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([("a", "a@x.io"), ("b", "b@x.io")], (False, False)),
+        ([("a", "a@x.io"), ("a", "b@x.io")], (True, False)),
+        ([("a", "a@x.io"), ("b", "A@X.IO")], (False, True)),
+        ([("a", None), ("b", None)], (False, False)),
+        # Non-ASCII: PostgreSQL's lower() depends on the database's locale; always checked.
+        ([("a", "a@é.io"), ("b", "b@x.io")], (False, True)),
+    ],
+)
+def test_the_repeat_screen_never_misses_a_repeat(rows, expected):
+    from segmentation.services.customers import _may_repeat
+
+    batch = [(i, clean_customer({"external_id": x, "email": e})) for i, (x, e) in enumerate(rows)]
+    assert _may_repeat(batch) == expected
+
+
+def test_a_batch_of_new_customers_is_copied_straight_in(require_postgres):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        result = upsert(*({"external_id": f"n{i}", "email": f"n{i}@x.io"} for i in range(20)))
+    assert result.created == 20
+    assert not any("customer_stage" in q["sql"] for q in queries.captured_queries)
+    with CaptureQueriesContext(connection) as queries:
+        result = upsert({"external_id": "n3", "first_name": "Ned"}, {"external_id": "n99"})
+    assert (result.created, result.updated) == (1, 1)
+    assert any("customer_stage" in q["sql"] for q in queries.captured_queries)
+
+
+def test_a_stored_customer_the_lookup_missed_sends_the_batch_the_general_way(
+    require_postgres, monkeypatch
+):
+    from segmentation.services import customers
+
+    upsert({"external_id": "old", "email": "old@x.io", "first_name": "Od"})
+    monkeypatch.setattr(customers, "NEW_BATCH_PROBES", 1)  # looks up the first row only
+    result = upsert(
+        *({"external_id": f"n{i}"} for i in range(30)),
+        {"external_id": "old", "first_name": "Olga"},
+    )
+    assert (result.created, result.updated, result.unchanged, result.rejected) == (30, 1, 0, [])
+    assert Customer.objects.count() == 31
+    assert Customer.objects.get(external_id="old").first_name == "Olga"
