@@ -308,7 +308,7 @@ def _numbered(source: Source, dialect) -> Iterator[tuple[int, list[str]]]:
                 yield line, [f"\x00{error}"]
                 line = reader.line_num + 1
                 continue
-            if values and any(v.strip() for v in values):
+            if values and (values[0].strip() or "".join(values).strip()):
                 yield line, values
             line = reader.line_num + 1
     finally:
