@@ -147,3 +147,26 @@ def analyze_if_stale(*tables: str, fraction: float = 0.1) -> list[str]:
         for table in stale:
             cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
     return stale
+
+
+def vacuum(*tables: str) -> bool:
+    """``VACUUM`` ``tables``, so that their pages are marked all-visible again; returns whether
+    it ran.
+
+    For the derived tables the pipeline rewrites: previews read them by index only (the
+    event summary's ``(type, last_at)`` index, the metrics' score indexes), which needs their
+    pages marked all-visible, and every insert or update clears that mark until a vacuum.
+    Where autovacuum keeps up this finds little to do; where it is off or behind, a preview
+    would otherwise read the whole table's heap (measured: 230 ms instead of 37 ms for one
+    event window over 1M customers). A vacuum visits only the pages written since the last
+    one, so a table that barely changed costs next to nothing.
+
+    PostgreSQL only, and not inside a transaction, where ``VACUUM`` cannot run (tests, a
+    caller's ``atomic``): autovacuum is left to do it then.
+    """
+    if not is_postgres() or not tables or connection.in_atomic_block:
+        return False
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM {', '.join(quote(table) for table in tables)}")
+    return True

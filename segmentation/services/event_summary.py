@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from abtest.db import postgres_local_settings
 from segmentation.models import CustomerEventSummary, Event, EventSummaryState
+from segmentation.services.bulk import vacuum
 
 #: Shared by every statement inserting events (trigger); taken exclusively by the sync for the
 #: instant it reads the largest event id. Keep in step with migration 0006.
@@ -220,6 +221,10 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
             cursor.execute(
                 f"{'ANALYZE' if connection.in_atomic_block else 'VACUUM (ANALYZE)'} {summary}"
             )
+    else:
+        # Folds update rows all over the table, and each clears its page's all-visible mark:
+        # rules read the summary by index only while those marks are set.
+        vacuum(summary)
     return SummarySyncResult(
         previous_event_id=0 if rebuilt else after,
         last_event_id=upto,

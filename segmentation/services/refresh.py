@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from abtest.models import JobStatus
 from segmentation.models import RefreshRun, Segment
-from segmentation.services.bulk import analyze_if_stale
+from segmentation.services.bulk import analyze_if_stale, vacuum
 from segmentation.services.event_summary import event_summary_sync
 from segmentation.services.metrics import METRIC_FAMILIES, metrics_recompute
 from segmentation.services.segments import segments_refresh_all
@@ -179,8 +179,10 @@ def _execute_with(run: RefreshRun, _update: _ProgressWriter, *, full_metrics: bo
         metrics_recompute(as_of=run.as_of, progress=progress, full=full_metrics)
         analyze_if_stale("segmentation_customermetrics", "segmentation_segmentmembership")
         segments_refresh_all(now=run.as_of, progress=progress)
-        # For the previews and the next run: rules naming segments read the memberships.
+        # For the previews and the next run: statistics (rules naming segments read the
+        # memberships), and pages marked all-visible for index-only reads.
         analyze_if_stale("segmentation_segmentmembership")
+        vacuum("segmentation_customermetrics", "segmentation_segmentmembership")
     except Exception as error:
         _update(
             run,
