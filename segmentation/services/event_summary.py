@@ -25,8 +25,6 @@ On SQLite (development) there is no summary: rules and metrics read the events d
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,7 +33,7 @@ from django.utils import timezone
 
 from abtest.db import postgres_local_settings
 from segmentation.models import CustomerEventSummary, Event, EventSummaryState
-from segmentation.services.bulk import vacuum
+from segmentation.services.bulk import indexes_dropped, vacuum
 
 #: Shared by every statement inserting events (trigger); taken exclusively by the sync for the
 #: instant it reads the largest event id. Keep in step with migration 0006.
@@ -118,38 +116,6 @@ ON CONFLICT (customer_id, type) DO UPDATE SET
 """
 
 
-@contextmanager
-def _secondary_indexes_dropped(cursor, table: str) -> Iterator[None]:
-    """Drop the table's indexes and unique constraints except the primary key, and create
-    them again from their saved definitions at the end of the block (same transaction)."""
-    cursor.execute(
-        """
-        SELECT i.relname, pg_get_indexdef(i.oid), c.conname, pg_get_constraintdef(c.oid)
-        FROM pg_index x
-        JOIN pg_class i ON i.oid = x.indexrelid
-        LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid
-        WHERE x.indrelid = CAST(%s AS regclass) AND NOT x.indisprimary
-        ORDER BY i.relname
-        """,
-        [table],
-    )
-    saved = cursor.fetchall()
-    qn = connection.ops.quote_name
-    for index, _, constraint, _ in saved:
-        if constraint:
-            cursor.execute(f"ALTER TABLE {qn(table)} DROP CONSTRAINT {qn(constraint)}")
-        else:
-            cursor.execute(f"DROP INDEX {qn(index)}")
-    yield
-    for _, index_sql, constraint, constraint_sql in saved:
-        if constraint:
-            cursor.execute(
-                f"ALTER TABLE {qn(table)} ADD CONSTRAINT {qn(constraint)} {constraint_sql}"
-            )
-        else:
-            cursor.execute(index_sql)
-
-
 def _largest_committed_id(cursor) -> int:
     """The largest event id, read while no insert is in flight (see the module docstring)."""
     cursor.execute("SELECT pg_advisory_lock(%s)", [INSERT_LOCK_KEY])
@@ -192,7 +158,7 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
         if rebuilt:
             # Loading a million rows and then building each index is several times faster
             # than maintaining the indexes row by row.
-            with _secondary_indexes_dropped(cursor, summary):
+            with indexes_dropped(cursor, summary):
                 cursor.execute(
                     f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
                     f"last_at) {aggregate}",

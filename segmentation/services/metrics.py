@@ -73,6 +73,7 @@ microseconds from Django's text timestamps.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -96,6 +97,7 @@ from segmentation.models import (
     SegmentKind,
     StaleCustomerMetrics,
 )
+from segmentation.services.bulk import indexes_dropped
 from segmentation.services.engagement import (
     engagement_model_active_definition,
     engagement_sql_compile,
@@ -331,21 +333,35 @@ class _Dialect:
 
     def json_counts(self, pairs: list[tuple[str, str]]) -> str:
         """A JSON object of ``(key placeholder, count expression)`` pairs, without the keys
-        whose count is 0 (``{}`` when all are)."""
+        whose count is 0 (``{}`` when all are). Each placeholder takes ``json_key(key)``."""
         if not pairs:
             return self.empty_json
-        calls = []
-        for start in range(0, len(pairs), _JSON_PAIRS_PER_CALL):
-            chunk = pairs[start : start + _JSON_PAIRS_PER_CALL]
-            args = ", ".join(f"{key}, NULLIF({count}, 0)" for key, count in chunk)
-            calls.append(f"jsonb_build_object({args})" if self.postgres else f"json_object({args})")
+        chunks = [
+            pairs[start : start + _JSON_PAIRS_PER_CALL]
+            for start in range(0, len(pairs), _JSON_PAIRS_PER_CALL)
+        ]
         if self.postgres:
-            return f"jsonb_strip_nulls({' || '.join(calls)})"
+            # Written as text and read once as jsonb: building it with jsonb_build_object and
+            # jsonb_strip_nulls costs 60% more (about 3 s of a first recompute at 1M
+            # customers). Keys arrive JSON-encoded, with their colon.
+            texts = []
+            for chunk in chunks:
+                parts = ", ".join(
+                    f"CASE WHEN {count} <> 0 THEN CAST({key} AS TEXT) || {count} END"
+                    for key, count in chunk
+                )
+                texts.append(f"NULLIF(concat_ws(',', {parts}), '')")
+            return f"CAST('{{' || concat_ws(',', {', '.join(texts)}) || '}}' AS jsonb)"
         # SQLite: a JSON merge patch drops the keys whose value is null.
         merged = "'{}'"
-        for call in calls:
-            merged = f"json_patch({merged}, {call})"
+        for chunk in chunks:
+            args = ", ".join(f"{key}, NULLIF({count}, 0)" for key, count in chunk)
+            merged = f"json_patch({merged}, json_object({args}))"
         return merged
+
+    def json_key(self, key: str) -> str:
+        """The parameter for a key placeholder of ``json_counts``."""
+        return json.dumps(key) + ":" if self.postgres else key
 
 
 def _epoch_micros(value: datetime) -> int:
@@ -486,7 +502,8 @@ def _step_aggregates(
         FROM ({grouped_sql}) g
         {exists}
     """
-    params = [*recency_params, *activity_params, *types, *types, *group_params]
+    keys = [d.json_key(t) for t in types]
+    params = [*recency_params, *activity_params, *keys, *keys, *group_params]
     d.create_temp_table(cursor, into, select, params)
 
 
@@ -918,6 +935,23 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
     """
     table = CustomerMetrics._meta.db_table
     stamps = [d.datetime_param(as_of), d.datetime_param(computed_at)]
+    columns = ", ".join(_WRITTEN_COLUMNS)
+    values = ", ".join(f"n.{column}" for column in _WRITTEN_COLUMNS)
+    insert = f"""
+        INSERT INTO {table} (customer_id, {columns}, emails_sent, emails_opened,
+            emails_clicked, as_of, computed_at)
+        SELECT n.customer_id, {values}, 0, 0, 0, %s, %s
+        FROM {d.temp}.metrics_new n
+        WHERE NOT n.has_row
+    """
+    if d.postgres and _empty_and_locked(cursor, table):
+        # A first recompute (or one after the metrics were emptied): every row is new, so
+        # load them all and build the indexes afterwards (measured at 1M rows: 5.7 s
+        # instead of 14 s), with the table locked, so that nobody inserts one meanwhile.
+        with indexes_dropped(cursor, table, primary_key=True):
+            cursor.execute(insert, stamps)
+            inserted = max(cursor.rowcount, 0)
+        return inserted, inserted
     # Usually a few rows (index lookups), sometimes all of them (one hash join).
     d.analyze_temp_table(cursor, "metrics_new")
     # The aggregates of a customer who was not stale are unchanged (and not in metrics_new).
@@ -937,22 +971,20 @@ def _step_write(cursor, d: _Dialect, *, as_of: datetime, computed_at: datetime) 
         stamps,
     )
     updated = max(cursor.rowcount, 0)
-    columns = ", ".join(_WRITTEN_COLUMNS)
-    values = ", ".join(f"n.{column}" for column in _WRITTEN_COLUMNS)
-    cursor.execute(
-        f"""
-        INSERT INTO {table} (customer_id, {columns}, emails_sent, emails_opened,
-            emails_clicked, as_of, computed_at)
-        SELECT n.customer_id, {values}, 0, 0, 0, %s, %s
-        FROM {d.temp}.metrics_new n
-        WHERE NOT n.has_row
-        ORDER BY n.customer_id
-        ON CONFLICT (customer_id) DO NOTHING
-        """,
-        stamps,
-    )
+    cursor.execute(f"{insert} ORDER BY n.customer_id ON CONFLICT (customer_id) DO NOTHING", stamps)
     inserted = max(cursor.rowcount, 0)
     return inserted, updated + inserted
+
+
+def _empty_and_locked(cursor, table: str) -> bool:
+    """Whether ``table`` has no row; if so it is locked against every other transaction until
+    this one ends (checked again under the lock: a row may have come meanwhile)."""
+    cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})")
+    if not cursor.fetchone()[0]:
+        return False
+    cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})")
+    return cursor.fetchone()[0]
 
 
 def metrics_recompute(

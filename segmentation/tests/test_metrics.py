@@ -333,6 +333,16 @@ def test_event_counts_cover_many_types_and_leave_out_old_ones():
     assert rows[other]["event_counts_30d"] == rows[other]["event_counts_90d"] == {"type_07": 2}
 
 
+def test_event_counts_keep_any_type_name_as_its_key():
+    names = ['say "hi"', "back\\slash", "50% off", "naïve/über", "{braces}: yes", "tab\tkey"]
+    cid = one_customer_with([(name, DAY, None) for name in names] + [(names[0], 2 * DAY, None)])
+
+    metrics_recompute(as_of=AS_OF)
+
+    expected = {name: 1 for name in names} | {names[0]: 2}
+    assert stored()[cid]["event_counts_30d"] == stored()[cid]["event_counts_90d"] == expected
+
+
 def test_customers_without_purchases_are_unscored_but_get_activity_and_a_tier():
     browser = one_customer_with([("session", 2 * DAY, None), ("email_click", DAY, None)])
     (silent,) = make_customers(1)
@@ -700,3 +710,40 @@ def test_a_summary_holding_events_after_as_of_is_not_used(require_postgres, monk
     )
     metrics_recompute(as_of=AS_OF)
     assert stored()[customer]["frequency"] == 1
+
+
+@pytest.mark.postgres
+def test_a_first_recompute_loads_the_empty_table_then_builds_its_indexes(require_postgres):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    table = CustomerMetrics._meta.db_table
+
+    def indexes() -> list[tuple[str, str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1",
+                [table],
+            )
+            return cursor.fetchall()
+
+    before = indexes()
+    assert any("pkey" in name for name, _ in before) and len(before) >= 3
+    rng = random.Random(5)
+    ids = make_customers(40)
+    save_events(random_events(rng, ids, orphan_id=max(ids) + 1))
+    with CaptureQueriesContext(connection) as queries:
+        first = metrics_recompute(as_of=AS_OF)
+    assert (first.inserted, first.rows_changed) == (len(ids), len(ids))
+    assert any("DROP CONSTRAINT" in q["sql"] for q in queries.captured_queries)
+    assert indexes() == before
+    # What it stored is what the row-by-row path computes: a full recompute changes nothing.
+    again = metrics_recompute(as_of=AS_OF, full=True)
+    assert (again.inserted, again.rows_changed) == (0, 0)
+    # With a row stored, the indexes stay (the row-by-row path).
+    CustomerMetrics.objects.exclude(customer_id=ids[0]).delete()
+    with CaptureQueriesContext(connection) as queries:
+        third = metrics_recompute(as_of=AS_OF, full=True)
+    assert third.inserted == len(ids) - 1
+    assert not any("DROP CONSTRAINT" in q["sql"] for q in queries.captured_queries)
+    assert indexes() == before
