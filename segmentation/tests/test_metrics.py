@@ -339,7 +339,7 @@ def test_event_counts_keep_any_type_name_as_its_key():
 
     metrics_recompute(as_of=AS_OF)
 
-    expected = {name: 1 for name in names} | {names[0]: 2}
+    expected = dict.fromkeys(names, 1) | {names[0]: 2}
     assert stored()[cid]["event_counts_30d"] == stored()[cid]["event_counts_90d"] == expected
 
 
