@@ -44,6 +44,11 @@ REWRITE_LOCK_KEY = 7_320_102
 STATE_ID = 1
 #: For the sync's transaction: room for the grouping's hash table.
 POSTGRES_SETTINGS = {"work_mem": "256MB"}
+#: For a rebuild, which groups every event: room for the hash table of about four million
+#: (customer, type) groups (hash tables may use twice ``work_mem``), so that it does not
+#: spill to disk (10M events in 2M groups: 256MB spilled in five batches, and the rebuild's
+#: INSERT took 14.1 s against 12.3 s with this).
+REBUILD_POSTGRES_SETTINGS = {"work_mem": "512MB"}
 
 
 def event_summary_enabled() -> bool:
@@ -158,7 +163,10 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
         if rebuilt:
             # Loading a million rows and then building each index is several times faster
             # than maintaining the indexes row by row.
-            with indexes_dropped(cursor, summary):
+            with (
+                postgres_local_settings(**REBUILD_POSTGRES_SETTINGS),
+                indexes_dropped(cursor, summary),
+            ):
                 cursor.execute(
                     f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
                     f"last_at) {aggregate}",

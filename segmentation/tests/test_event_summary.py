@@ -14,6 +14,8 @@ from django.db import connection, connections
 from segmentation.models import Customer, CustomerEventSummary, Event, EventSummaryState
 from segmentation.services.event_summary import (
     INSERT_LOCK_KEY,
+    POSTGRES_SETTINGS,
+    REBUILD_POSTGRES_SETTINGS,
     event_summary_cutoff,
     event_summary_sync,
 )
@@ -99,6 +101,34 @@ def test_rebuild_recomputes_everything_and_keeps_the_indexes(people):
         "event_summary_last",
         "segmentation_customereventsummary_pkey",
     ]
+
+
+def _work_mem() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('work_mem')")
+        return cursor.fetchone()[0]
+
+
+def test_a_rebuild_groups_with_more_memory_and_gives_it_back(people):
+    """The rebuild's grouping gets room for millions of groups; a fold keeps the usual
+    setting, and the caller's transaction gets its own value back either way."""
+    seen = []
+
+    def spy(execute, sql, params, many, context):
+        if sql.lstrip().startswith(f"INSERT INTO {CustomerEventSummary._meta.db_table}"):
+            raw = context["cursor"].cursor
+            raw.execute("SELECT current_setting('work_mem')")
+            seen.append(raw.fetchone()[0])
+        return execute(sql, params, many, context)
+
+    before = _work_mem()
+    with connection.execute_wrapper(spy):
+        assert event_summary_sync().rebuilt
+        add(people["carol"], "session", 7)
+        assert not event_summary_sync().rebuilt
+    assert seen == [REBUILD_POSTGRES_SETTINGS["work_mem"], POSTGRES_SETTINGS["work_mem"]]
+    assert _work_mem() == before
+    assert stored_summary() == expected_summary()
 
 
 def test_deletes_and_updates_rewrite_the_customers_they_touch(people):
