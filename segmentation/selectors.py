@@ -57,8 +57,12 @@ PREVIEW_TIMEOUT_SECONDS = 15
 #: ``settings.SEGMENT_PREVIEW_PARALLEL_WORKERS`` (default one: a preview is interactive and
 #: several marketers may be typing at once; on a 2-core server, the server's default two
 #: workers plus the leader made each preview 10-30% slower than one worker, three processes
-#: sharing two cores and each hashed subquery built three times).
-PREVIEW_POSTGRES_SETTINGS = {"work_mem": "128MB", "jit": "off"}
+#: sharing two cores and each hashed subquery built three times). No hash aggregation: an
+#: event window ("5+ page views in 7 days") groups the window's events by customer, and sorting
+#: them (or reading them in customer order) and counting each run beats hashing them (measured
+#: at 1M customers: 366 -> 254 ms for 526,000 events in 7 days, 168 -> 106 ms for purchases
+#: in 30 days, 3.4 -> 1.6 s for three years of page views; the other rule shapes unchanged).
+PREVIEW_POSTGRES_SETTINGS = {"work_mem": "128MB", "jit": "off", "enable_hashagg": "off"}
 
 
 def preview_postgres_settings() -> dict[str, str]:

@@ -47,8 +47,10 @@ CSV_MAX_ROWS = 1_000_000
 #: PostgreSQL settings for a refresh's transaction only (SET LOCAL): the anti-joins between a
 #: large target set and the current members hash both sides; 4MB would spill to disk.
 #: JIT compilation costs more than it saves on these statements (~10% of a refresh's
-#: segments at 1M customers).
-POSTGRES_SETTINGS: dict[str, str] = {"work_mem": "128MB", "jit": "off"}
+#: segments at 1M customers). Event windows count runs of sorted events rather than hashing
+#: them, as previews do (``segmentation.selectors.PREVIEW_POSTGRES_SETTINGS``; "5+ page views
+#: in 30 days, never bought" at 1M customers: 1.41 -> 0.56 s, other segments unchanged).
+POSTGRES_SETTINGS: dict[str, str] = {"work_mem": "128MB", "jit": "off", "enable_hashagg": "off"}
 NAME_MAX_LENGTH = 200
 SLUG_MAX_LENGTH = 200
 

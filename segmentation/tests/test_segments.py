@@ -600,3 +600,33 @@ def test_membership_inserts_never_rescan_the_memberships_per_customer(people, re
     assert "hashed SubPlan" in plan and "Nested Loop" not in plan, plan
     assert static_segment_add(segment=static, customer_ids=ids, now=NOW) == (2, [])
     assert members(static) == {"alice", "bob", "carol"}
+
+
+@pytest.mark.postgres
+def test_refresh_counts_event_windows_by_sorting_not_hashing(people, require_postgres):
+    """A refresh's target query runs with hash aggregation off (and its memory and no JIT), so
+    an event window's events are counted in runs of sorted rows (measured faster)."""
+    from segmentation.services.segments import POSTGRES_SETTINGS
+
+    segment = rule_segment(
+        "busy", {"all": [{"event": "page_view", "op": "at_least", "count": 2, "days": 30}]}
+    )
+    seen = {}
+
+    def spy(execute, sql, params, many, context):
+        if "segment_target AS" in sql:
+            raw = context["cursor"].cursor
+            raw.execute(
+                "SELECT current_setting('enable_hashagg'), current_setting('work_mem'), "
+                "current_setting('jit')"
+            )
+            seen["settings"] = raw.fetchone()
+            raw.execute(f"EXPLAIN {sql}", params)
+            seen["plan"] = "\n".join(row[0] for row in raw.fetchall())
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        segment_refresh(segment=segment, now=NOW)
+    assert POSTGRES_SETTINGS["enable_hashagg"] == "off"
+    assert seen["settings"] == ("off", POSTGRES_SETTINGS["work_mem"], "off")
+    assert "HashAggregate" not in seen["plan"], seen["plan"]

@@ -142,7 +142,8 @@ def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(
     seen = {}
     settings_sql = (
         "SELECT current_setting('work_mem'), current_setting('statement_timeout'), "
-        "current_setting('max_parallel_workers_per_gather'), current_setting('jit')"
+        "current_setting('max_parallel_workers_per_gather'), current_setting('jit'), "
+        "current_setting('enable_hashagg')"
     )
 
     def spy(execute, sql, params, many, context):
@@ -158,7 +159,7 @@ def test_preview_runs_with_memory_for_hashed_subqueries_and_a_time_limit(
         before = cursor.fetchone()
     with connection.execute_wrapper(spy):
         segment_preview(rule={"all": []}, sample_size=0)
-    assert seen["settings"] == ("128MB", "15s", str(workers or 1), "off")
+    assert seen["settings"] == ("128MB", "15s", str(workers or 1), "off", "off")
     with connection.cursor() as cursor:  # and only for the preview
         cursor.execute(settings_sql)
         assert cursor.fetchone() == before
