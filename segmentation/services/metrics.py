@@ -123,6 +123,10 @@ INCREMENTAL_MAX_STEP = timedelta(days=7)
 #: The id of the single ``MetricsState`` row.
 STATE_ID = 1
 
+#: The temporary table of the per-customer event counts in the 90-day window (event summary
+#: path).
+_WINDOW_TABLE = "metrics_window"
+
 #: Windows of ``event_counts_30d`` / ``event_counts_90d``.
 WINDOW_30D = timedelta(days=30)
 WINDOW_90D = timedelta(days=90)
@@ -444,29 +448,35 @@ def _step_aggregates(
             only=only,
         )
         window_columns = "".join(f", w.n30_{i}, w.n90_{i}" for i in range(len(types)))
+        window_sql = f"""
+            SELECT e.customer_id,
+                   count(*) FILTER (WHERE e.occurred_at > %s) AS events_30d,
+                   count(*) AS events_90d
+                   {type_columns}
+            FROM {Event._meta.db_table} e
+            WHERE e.occurred_at > %s AND e.occurred_at <= %s{restrict}
+            GROUP BY e.customer_id
+        """
+        # The window's counts first, on their own: without hash aggregation PostgreSQL reads
+        # the window in customer order from the (customer, time) index and counts each run,
+        # instead of hashing millions of events (at 1M customers and 5M events in 90 days:
+        # 1.4 s against 4 s). The summary's grouping below stays hashed, which is faster there.
+        with postgres_local_settings(enable_hashagg="off"):
+            d.create_temp_table(
+                cursor,
+                _WINDOW_TABLE,
+                window_sql,
+                [since_30d, *type_params, since_90d, d.datetime_param(as_of)],
+            )
+        d.analyze_temp_table(cursor, _WINDOW_TABLE)
         grouped_sql = f"""
             SELECT s.*, coalesce(w.events_30d, 0) AS events_30d,
                    coalesce(w.events_90d, 0) AS events_90d
                    {window_columns}
             FROM ({grouped}) s
-            LEFT JOIN (
-                SELECT e.customer_id,
-                       count(*) FILTER (WHERE e.occurred_at > %s) AS events_30d,
-                       count(*) AS events_90d
-                       {type_columns}
-                FROM {Event._meta.db_table} e
-                WHERE e.occurred_at > %s AND e.occurred_at <= %s{restrict}
-                GROUP BY e.customer_id
-            ) w ON w.customer_id = s.customer_id
+            LEFT JOIN {d.temp}.{_WINDOW_TABLE} w ON w.customer_id = s.customer_id
         """
-        group_params = [
-            *(purchase_types * 4),
-            *grouped_params,
-            since_30d,
-            *type_params,
-            since_90d,
-            d.datetime_param(as_of),
-        ]
+        group_params = [*(purchase_types * 4), *grouped_params]
     else:
         if only:
             raise ServiceError("An incremental recompute needs the event summary.")
@@ -1107,6 +1117,7 @@ def metrics_recompute(
                 },
             )
         for name in (
+            _WINDOW_TABLE,
             "metrics_agg",
             "metrics_scores",
             "metrics_new",

@@ -747,3 +747,28 @@ def test_a_first_recompute_loads_the_empty_table_then_builds_its_indexes(require
     assert third.inserted == len(ids) - 1
     assert not any("DROP CONSTRAINT" in q["sql"] for q in queries.captured_queries)
     assert indexes() == before
+
+
+@pytest.mark.postgres
+def test_window_counts_are_grouped_without_hashing_and_the_rest_as_usual(require_postgres):
+    """The 90-day window's per-customer counts are made on their own with hash aggregation off
+    (sorted runs from the (customer, time) index are faster there); the statement that joins
+    them to the summary's grouping runs with the recompute's usual settings."""
+    from django.db import connection
+
+    customer = one_customer_with([("purchase", timedelta(days=2), "10.00")])
+    use_event_source("summary")
+    seen = {}
+
+    def spy(execute, sql, params, many, context):
+        for table in ("metrics_window", "metrics_agg"):
+            if f"CREATE TEMP TABLE {table} " in sql:
+                raw = context["cursor"].cursor
+                raw.execute("SELECT current_setting('enable_hashagg')")
+                seen[table] = raw.fetchone()[0]
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        metrics_recompute(as_of=AS_OF)
+    assert seen == {"metrics_window": "off", "metrics_agg": "on"}
+    assert stored()[customer]["event_counts_30d"] == {"purchase": 1}
