@@ -586,12 +586,16 @@ def _increment_plan(
     """An incremental recompute is possible when the previous one left its state, used the
     same purchase types, was at most :data:`INCREMENTAL_MAX_STEP` before as_of (never after),
     and the event summary can serve as_of and has not moved back (a ``TRUNCATE`` of the
-    events resets both). Otherwise None: recompute everyone."""
+    events resets both), and some metrics row is stored. Otherwise None: recompute everyone.
+
+    With no row stored (the metrics were emptied since), every customer would be stale: the
+    full recompute computes the same rows faster (at 1M customers, 6 s against 9-11 s)."""
     if full or not d.postgres or not _summary_usable(cutoff, as_of):
         return None
     state = MetricsState.objects.select_for_update().filter(pk=STATE_ID).first()
     if (
         state is None
+        or not CustomerMetrics.objects.exists()
         or not state.last_event_id
         or state.as_of is None
         or state.purchase_types != purchase_types

@@ -233,7 +233,7 @@ def test_state_records_the_last_recompute():
 
 @pytest.mark.parametrize(
     "change",
-    ["full", "types", "backwards", "too_far", "truncate", "no_state", "summary_ahead"],
+    ["full", "types", "backwards", "too_far", "truncate", "no_state", "summary_ahead", "emptied"],
 )
 def test_a_full_recompute_when_an_increment_cannot_be_trusted(change):
     ids = history()
@@ -253,6 +253,8 @@ def test_a_full_recompute_when_an_increment_cannot_be_trusted(change):
         event_summary_sync()
     elif change == "no_state":
         MetricsState.objects.all().delete()
+    elif change == "emptied":  # every customer would be stale: the full path is faster
+        CustomerMetrics.objects.all().delete()
     elif change == "summary_ahead":  # the summary holds an event after the as-of
         Event.objects.create(customer_id=ids[0], type="session", occurred_at=as_of + DAY)
         event_summary_sync()
