@@ -915,6 +915,8 @@ DERIVED_TABLES = (
     "segmentation_eventsummarystate",
     "segmentation_customermetrics",
     "segmentation_segmentmembership",
+    "segmentation_metricsstate",
+    "segmentation_stalecustomermetrics",
     "segmentation_segmentsizesnapshot",
     "segmentation_refreshrun",
 )
