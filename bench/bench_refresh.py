@@ -288,7 +288,8 @@ def _create_segments_in(db: str) -> None:
     code = (
         "import sys; sys.path.insert(0, '.'); "
         "from bench._support import django_setup, ensure_rule_segments; "
-        f"django_setup({db!r}); print(ensure_rule_segments())"
+        f"django_setup({db!r}); "
+        "print(f'rule segments created: {ensure_rule_segments()}', file=sys.stderr)"
     )
     subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=bench_env(db), check=True)
 
