@@ -124,7 +124,9 @@ _FAST_EMAIL = re.compile(
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+# building the row a third of ``clean_customer`` (1.5 of 4.3 us); nothing changes rows.
+@dataclass(slots=True)
 class CustomerRow:
     external_id: str
     email: str | None
@@ -189,11 +191,22 @@ def _clean_text(name: str, value: Any) -> str:
     return value
 
 
+#: Valid locales as sent -> as stored; a file or batch repeats a few dozen of them.
+_LOCALES_SEEN: dict[str, str] = {}
+_LOCALES_SEEN_MAX = 4096
+
+
 def clean_locale(value: Any) -> str:
+    if type(value) is str and (seen := _LOCALES_SEEN.get(value)) is not None:
+        return seen
+    raw = value
     value = _clean_text("locale", value)
     if value and not _LOCALE.fullmatch(value):
         raise RowInvalid("locale", f"{value!r} is not a language tag such as en or pt-BR.")
-    return value.replace("_", "-")
+    value = value.replace("_", "-")
+    if type(raw) is str and len(_LOCALES_SEEN) < _LOCALES_SEEN_MAX:
+        _LOCALES_SEEN[raw] = value
+    return value
 
 
 def clean_time_zone(value: Any) -> str:
@@ -258,7 +271,7 @@ MAX_VALUE = Decimal("999999999999.99")
 _CENT = Decimal("0.01")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as CustomerRow
 class EventRow:
     external_id: str
     type: str
