@@ -109,6 +109,32 @@ def test_import_in_chunks_reports_progress_and_every_bad_line():
     assert Customer.objects.count() == 19
 
 
+def test_the_first_chunk_is_smaller_so_writing_starts_early(monkeypatch):
+    from segmentation.services import imports
+
+    monkeypatch.setattr(imports, "FIRST_CHUNK_ROWS", 3)
+    text = "external_id\n" + "".join(f"f{i}\n" for i in range(20))
+    calls = []
+    result = csv_import(
+        text.encode(), kind="customers", chunk_rows=8, progress=lambda rows, _: calls.append(rows)
+    )
+    assert calls == [3, 11, 19, 20]
+    assert result.created == 20 and Customer.objects.count() == 20
+
+
+def test_repeated_extra_values_keep_their_own_types():
+    # Typed once per distinct text per file, and each cell gets its own text's type.
+    rows = [("a1", "7", "true", "07"), ("a2", "7", "True", "x"), ("a3", "07", "TRUE", "7")]
+    text = "external_id,n,flag,code\n" + "".join(",".join(r) + "\n" for r in rows)
+    csv_import(text.encode(), kind="customers")
+    stored = dict(Customer.objects.values_list("external_id", "attributes"))
+    assert stored == {
+        "a1": {"n": 7, "flag": True, "code": "07"},
+        "a2": {"n": 7, "flag": True, "code": "x"},
+        "a3": {"n": "07", "flag": True, "code": 7},
+    }
+
+
 def test_a_failing_chunk_stops_the_import_and_keeps_earlier_chunks(monkeypatch):
     from segmentation.services import imports
 
