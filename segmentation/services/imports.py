@@ -22,6 +22,7 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -390,18 +391,6 @@ def _infer(value: str) -> Any:
     return value
 
 
-class _Inferred(dict):
-    """``_infer`` memoized per file: extra columns (plan, city, age) repeat a few values."""
-
-    MAX = 100_000
-
-    def __missing__(self, value: str) -> Any:
-        typed = _infer(value)
-        if len(self) < self.MAX:
-            self[value] = typed
-        return typed
-
-
 _json_object = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -420,7 +409,8 @@ class _RowMapper:
             if what == "field" and name != extra_field
         ]
         self.extras = [(i, name) for i, (what, name) in enumerate(columns) if what == "extra"]
-        self.inferred = _Inferred()
+        # Extra columns (plan, city, age) repeat a few values: typed once each per file.
+        self.infer = lru_cache(maxsize=100_000)(_infer)
         self.json = next(
             (
                 i
@@ -436,8 +426,8 @@ class _RowMapper:
         if len(values) != self.width:
             raise RowInvalid(None, f"Expected {self.width} columns, found {len(values)}.")
         row = {name: values[i] for i, name in self.fields}
-        inferred = self.inferred
-        extra = {name: inferred[value] for i, name in self.extras if (value := values[i].strip())}
+        infer = self.infer
+        extra = {name: infer(value) for i, name in self.extras if (value := values[i].strip())}
         if self.json is not None and (text := values[self.json].strip()):
             try:
                 extra = {**_json_object.decode(text), **extra}

@@ -191,22 +191,22 @@ def _clean_text(name: str, value: Any) -> str:
     return value
 
 
-#: Valid locales as sent -> as stored; a file or batch repeats a few dozen of them.
-_LOCALES_SEEN: dict[str, str] = {}
-_LOCALES_SEEN_MAX = 4096
-
-
 def clean_locale(value: Any) -> str:
-    if type(value) is str and (seen := _LOCALES_SEEN.get(value)) is not None:
-        return seen
-    raw = value
+    if type(value) is str:  # a file or batch repeats a few dozen locales
+        return _clean_locale_text(value)
+    return _clean_locale(value)
+
+
+@lru_cache(maxsize=4096)  # failures raise, so only valid locales are cached
+def _clean_locale_text(value: str) -> str:
+    return _clean_locale(value)
+
+
+def _clean_locale(value: Any) -> str:
     value = _clean_text("locale", value)
     if value and not _LOCALE.fullmatch(value):
         raise RowInvalid("locale", f"{value!r} is not a language tag such as en or pt-BR.")
-    value = value.replace("_", "-")
-    if type(raw) is str and len(_LOCALES_SEEN) < _LOCALES_SEEN_MAX:
-        _LOCALES_SEEN[raw] = value
-    return value
+    return value.replace("_", "-")
 
 
 def clean_time_zone(value: Any) -> str:
