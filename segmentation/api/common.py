@@ -7,6 +7,7 @@ would be an order of magnitude slower at 10,000 items.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -44,11 +45,38 @@ def truthy(value: str | None) -> bool:
     return (value or "").lower() in {"1", "true", "yes", "on"}
 
 
+#: msgspec's names of JSON types, as an integrator reads them.
+_JSON_TYPES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
+    "array": "a list",
+    "object": "an object",
+}
+_TYPE_MISMATCH = re.compile(r"Expected `([^`]+)`, got `(\w+)`")
+
+
+def _type_message(reason: str) -> str:
+    """``Expected `object | null`, got `array``` -> ``Must be an object or null, not a list.``
+    Other messages (lengths, formats) are kept as msgspec words them."""
+    match = _TYPE_MISMATCH.fullmatch(reason)
+    if match is None:
+        return reason
+    expected = [_JSON_TYPES.get(name, name) for name in match[1].split(" | ")]
+    wanted = " or ".join([", ".join(expected[:-1]), expected[-1]] if expected[:-1] else expected)
+    got = "a boolean" if match[2] == "bool" else _JSON_TYPES.get(match[2], match[2])
+    return f"Must be {wanted}, not {got}."
+
+
 def _validation_message(error: msgspec.ValidationError) -> tuple[str | None, str]:
-    """msgspec says ``Expected `str`, got `int` - at `$.type```: split out the column."""
+    """msgspec says ``Expected `str`, got `int` - at `$.type```: split out the column, and
+    say what was expected in plain words."""
     text = str(error)
     reason, _, where = text.partition(" - at `$.")
     column = where.rstrip("`").split(".")[0].split("[")[0] or None
+    reason = _type_message(reason)
     if text.startswith("Object contains unknown field"):
         column = text.split("`")[1]
         reason = "Unknown field."

@@ -144,6 +144,7 @@ def test_bulk_upsert_reports_created_updated_unchanged_and_rejected(api_client_f
         (4, "external_id"),
         (5, None),
     ]
+    assert body["rejected"][3]["reason"] == "Must be an object, not a string."
     again = post_json(client, "/api/v1/customers/bulk/", batch[:1] + batch[2:3]).json()
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 2)
     assert Customer.objects.get(external_id="7").attributes == {"plan": "pro"}
@@ -190,6 +191,7 @@ def test_events_batch_with_duplicates_and_rejections(api_client_for, integrator)
         (3, "type"),
         (4, "type"),
     ]
+    assert body["rejected"][1]["reason"] == "Must be a string, not an integer."
     body = post_json(client, "/api/v1/events/", events[:1]).json()
     assert (body["accepted"], body["duplicates"]) == (0, 1)
     assert Event.objects.get().value == 12.5
@@ -317,3 +319,21 @@ def test_deeply_nested_bodies_are_400s(api_client_for, users):
     assert "nested too deeply" in response.json()["detail"]
     response = client.post("/api/v1/segments/preview/", data=deep, content_type="application/json")
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("item", "column", "reason"),
+    [
+        ({"external_id": 1.5}, "external_id", "Must be an integer or a string, not a number."),
+        ({"external_id": True}, "external_id", "Must be an integer or a string, not a boolean."),
+        (
+            {"external_id": "a", "attributes": [1]},
+            "attributes",
+            "Must be an object or null, not a list.",
+        ),
+        ({"external_id": "a", "email": 5}, "email", "Must be a string or null, not an integer."),
+    ],
+)
+def test_bulk_type_errors_are_worded_for_people(api_client_for, integrator, item, column, reason):
+    body = post_json(api_client_for(integrator), "/api/v1/customers/bulk/", [item]).json()
+    assert body["rejected"] == [{"index": 0, "column": column, "reason": reason}]
