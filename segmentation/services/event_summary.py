@@ -162,10 +162,11 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
         params = {"after": after, "upto": upto}
         if rebuilt:
             # Loading a million rows and then building each index is several times faster
-            # than maintaining the indexes row by row.
+            # than maintaining the indexes row by row; the primary key too (measured at 2M
+            # summary rows: 2.0 s to load and 0.5 s to build it, against 4.3 s with it).
             with (
                 postgres_local_settings(**REBUILD_POSTGRES_SETTINGS),
-                indexes_dropped(cursor, summary),
+                indexes_dropped(cursor, summary, primary_key=True),
             ):
                 cursor.execute(
                     f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
