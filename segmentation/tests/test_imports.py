@@ -289,6 +289,11 @@ def test_import_commands(tmp_path):
     bad.write_bytes(b"\x00\x01\x02")
     with pytest.raises(CommandError, match="not a CSV file"):
         call_command("import_customers", str(bad))
+    one = tmp_path / "one.csv"
+    one.write_text("external_id,email\nsolo,solo@example.com\n")
+    out = io.StringIO()
+    call_command("import_customers", str(one), "--no-progress", stdout=out)
+    assert "1 row: 1 created, 0 updated, 0 unchanged, 0 rejected." in out.getvalue()
 
 
 def test_apostrophes_are_text_not_quotes():

@@ -1,3 +1,5 @@
+from django.template.defaultfilters import pluralize
+
 from segmentation.management.commands._importing import ImportCommand
 from segmentation.models import ImportKind
 
@@ -10,7 +12,8 @@ class Command(ImportCommand):
     kind = ImportKind.CUSTOMERS
 
     def summary(self, result) -> str:
+        rows = f"{result.rows:,} row{pluralize(result.rows)}"
         return (
-            f"{result.rows:,} rows: {result.created:,} created, {result.updated:,} updated, "
+            f"{rows}: {result.created:,} created, {result.updated:,} updated, "
             f"{result.unchanged:,} unchanged, {result.rejected:,} rejected."
         )

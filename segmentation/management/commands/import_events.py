@@ -1,3 +1,5 @@
+from django.template.defaultfilters import pluralize
+
 from segmentation.management.commands._importing import ImportCommand
 from segmentation.models import ImportKind
 
@@ -21,7 +23,8 @@ class Command(ImportCommand):
         return {"create_customers": options["create_customers"]}
 
     def summary(self, result) -> str:
+        rows = f"{result.rows:,} row{pluralize(result.rows)}"
         return (
-            f"{result.rows:,} rows: {result.created:,} events stored, "
+            f"{rows}: {result.created:,} events stored, "
             f"{result.duplicates:,} duplicates ignored, {result.rejected:,} rejected."
         )
