@@ -55,6 +55,8 @@ class Customer(models.Model):
 
     class Meta:
         constraints = [
+            # On PostgreSQL its index also carries the id (migration 0010), so resolving
+            # external ids reads the index only.
             models.UniqueConstraint(fields=["external_id"], name="customer_external_id_unique"),
             models.UniqueConstraint(Lower("email"), name="customer_email_ci_unique"),
         ]

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.db import IntegrityError, connection, transaction
 
 from segmentation.models import Customer, Event
 from segmentation.services.customers import customers_upsert
@@ -440,3 +441,19 @@ def test_a_stored_customer_the_lookup_missed_sends_the_batch_the_general_way(
     assert (result.created, result.updated, result.unchanged, result.rejected) == (30, 1, 0, [])
     assert Customer.objects.count() == 31
     assert Customer.objects.get(external_id="old").first_name == "Olga"
+
+
+def test_the_external_id_index_carries_the_customer_id_on_postgres(require_postgres):
+    """Migration 0010: external ids resolve to customers by reading the index alone."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'customer_external_id_unique'"
+        )
+        (definition,) = cursor.fetchone()
+    assert definition.startswith("CREATE UNIQUE INDEX") and definition.endswith(
+        "(external_id) INCLUDE (id)"
+    )
+    Customer.objects.create(external_id="same")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Customer.objects.create(external_id="same")
+    assert upsert({"external_id": "same", "first_name": "Sam"}).updated == 1
