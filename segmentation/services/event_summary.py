@@ -109,6 +109,50 @@ WHERE e.id > %(after)s AND e.id <= %(upto)s
 GROUP BY e.customer_id, e.type
 """
 
+#: A rebuild from the (customer_id, occurred_at) index, which includes the type: each
+#: customer's events arrive together, so they are grouped by sorting a few rows at a time
+#: instead of hashing every event (measured at 10M events, 2M groups: 7.7 s against 10.5 s).
+#: Values are not in that index: their sums come from one scan of the events that have one.
+#: It reads every visible event, so rows after the cutoff are mended afterwards
+#: (``_MEND_*``).
+_REBUILD_ORDERED_SQL = """
+INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, last_at)
+SELECT g.customer_id, g.type, g.count, coalesce(v.cents, 0), g.first_at, g.last_at
+FROM (
+    SELECT e.customer_id, e.type, count(*) AS count,
+           min(e.occurred_at) AS first_at, max(e.occurred_at) AS last_at
+    FROM {events} e
+    GROUP BY e.customer_id, e.type
+) g
+LEFT JOIN (
+    SELECT e.customer_id, e.type, sum(CAST(e.value * 100 AS BIGINT)) AS cents
+    FROM {events} e
+    WHERE e.value IS NOT NULL
+    GROUP BY e.customer_id, e.type
+) v ON v.customer_id = g.customer_id AND v.type = g.type
+"""
+#: The customers with a visible event after the cutoff: their rows are summarized again from
+#: the events up to the cutoff only.
+_MEND_CUSTOMERS_SQL = """
+CREATE TEMP TABLE event_summary_mend ON COMMIT DROP AS
+SELECT DISTINCT e.customer_id FROM {events} e WHERE e.id > %(upto)s
+"""
+_MEND_DELETE_SQL = """
+DELETE FROM {summary} s USING pg_temp.event_summary_mend m WHERE s.customer_id = m.customer_id
+"""
+_MEND_INSERT_SQL = """
+INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, last_at)
+SELECT e.customer_id, e.type, count(*), coalesce(sum(CAST(e.value * 100 AS BIGINT)), 0),
+       min(e.occurred_at), max(e.occurred_at)
+FROM {events} e
+WHERE e.id <= %(upto)s AND e.customer_id IN (SELECT m.customer_id FROM pg_temp.event_summary_mend m)
+GROUP BY e.customer_id, e.type
+"""
+#: The ordered rebuild reads the index alone only where the events' pages are marked
+#: all-visible (autovacuum keeps them so); otherwise it would fetch every event from the
+#: table in customer order, and hashing is faster.
+ORDERED_REBUILD_MIN_VISIBLE = 0.9
+
 _FOLD_SQL = """
 INSERT INTO {summary} AS s (customer_id, type, count, value_cents, first_at, last_at)
 {aggregate}
@@ -129,6 +173,56 @@ def _largest_committed_id(cursor) -> int:
         return int(cursor.fetchone()[0])
     finally:
         cursor.execute("SELECT pg_advisory_unlock(%s)", [INSERT_LOCK_KEY])
+
+
+def _events_mostly_visible(cursor) -> bool:
+    """Whether the planner's statistics say most of the events' pages are all-visible."""
+    cursor.execute(
+        "SELECT relpages > 0 AND relallvisible >= %s * relpages FROM pg_class "
+        "WHERE oid = CAST(%s AS regclass)",
+        [ORDERED_REBUILD_MIN_VISIBLE, Event._meta.db_table],
+    )
+    return bool(cursor.fetchone()[0])
+
+
+def _rebuild(cursor, *, upto: int, ordered: bool) -> None:
+    """Fill the (emptied) summary with the events up to ``upto``.
+
+    Loading a million rows and then building each index is several times faster than
+    maintaining the indexes row by row; the primary key too (measured at 2M summary rows:
+    2.0 s to load and 0.5 s to build it, against 4.3 s with it).
+
+    ``ordered`` groups the events in the order of the (customer_id, occurred_at) index
+    (``_REBUILD_ORDERED_SQL``). That statement cannot skip the events after ``upto`` without
+    reading the table, so it summarizes every event it sees, and the customers with an event
+    after ``upto`` are summarized again from the events up to it. Every event up to ``upto``
+    was committed before this began (see the module docstring), so the statement sees them
+    all; an event after ``upto`` that it saw is still seen by the mending statements, which
+    run later in the same transaction (commits are never undone, and a delete waits for this
+    transaction's rewrite lock before it can commit).
+    """
+    summary = CustomerEventSummary._meta.db_table
+    events = Event._meta.db_table
+    with (
+        postgres_local_settings(**REBUILD_POSTGRES_SETTINGS),
+        indexes_dropped(cursor, summary, primary_key=True),
+    ):
+        if ordered:
+            with postgres_local_settings(enable_hashagg="off"):
+                cursor.execute(_REBUILD_ORDERED_SQL.format(summary=summary, events=events))
+        else:
+            cursor.execute(
+                f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
+                f"last_at) {_AGGREGATE_SQL.format(events=events)}",
+                {"after": 0, "upto": upto},
+            )
+    if ordered:
+        # After the indexes are back, so that the mending finds the rows by index.
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.event_summary_mend")
+        cursor.execute(_MEND_CUSTOMERS_SQL.format(events=events), {"upto": upto})
+        cursor.execute(_MEND_DELETE_SQL.format(summary=summary))
+        cursor.execute(_MEND_INSERT_SQL.format(summary=summary, events=events), {"upto": upto})
+        cursor.execute("DROP TABLE pg_temp.event_summary_mend")
 
 
 def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
@@ -161,18 +255,7 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
         aggregate = _AGGREGATE_SQL.format(events=events)
         params = {"after": after, "upto": upto}
         if rebuilt:
-            # Loading a million rows and then building each index is several times faster
-            # than maintaining the indexes row by row; the primary key too (measured at 2M
-            # summary rows: 2.0 s to load and 0.5 s to build it, against 4.3 s with it).
-            with (
-                postgres_local_settings(**REBUILD_POSTGRES_SETTINGS),
-                indexes_dropped(cursor, summary, primary_key=True),
-            ):
-                cursor.execute(
-                    f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
-                    f"last_at) {aggregate}",
-                    params,
-                )
+            _rebuild(cursor, upto=upto, ordered=_events_mostly_visible(cursor))
         else:
             cursor.execute(_FOLD_SQL.format(summary=summary, aggregate=aggregate), params)
         if rebuilt:  # the summary is much smaller than the events

@@ -23,10 +23,14 @@ EVENT_SOURCES = (
 )
 
 
-def expected_summary() -> dict[tuple[int, str], tuple[int, int, object, object]]:
-    """(customer, type) -> (count, cents, first, last), computed in Python from the events."""
+def expected_summary(
+    upto: int | None = None,
+) -> dict[tuple[int, str], tuple[int, int, object, object]]:
+    """(customer, type) -> (count, cents, first, last), computed in Python from the events
+    (those with ``id <= upto`` when given)."""
     rows: dict[tuple[int, str], list] = {}
-    for customer_id, type_, value, at in Event.objects.values_list(
+    events = Event.objects.all() if upto is None else Event.objects.filter(id__lte=upto)
+    for customer_id, type_, value, at in events.values_list(
         "customer_id", "type", "value", "occurred_at"
     ):
         cents = int(value * 100) if value is not None else 0

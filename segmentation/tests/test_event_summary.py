@@ -12,6 +12,7 @@ import pytest
 from django.db import connection, connections
 
 from segmentation.models import Customer, CustomerEventSummary, Event, EventSummaryState
+from segmentation.services import event_summary
 from segmentation.services.event_summary import (
     INSERT_LOCK_KEY,
     POSTGRES_SETTINGS,
@@ -101,6 +102,32 @@ def test_rebuild_recomputes_everything_and_keeps_the_indexes(people):
         "event_summary_last",
         "segmentation_customereventsummary_pkey",
     ]
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["index-ordered", "hashed"])
+def test_both_ways_of_rebuilding_summarize_every_event(people, monkeypatch, ordered):
+    monkeypatch.setattr(event_summary, "_events_mostly_visible", lambda cursor: ordered)
+    event_summary_sync()
+    CustomerEventSummary.objects.update(count=99, value_cents=1)  # damage it
+    result = event_summary_sync(rebuild=True)
+    assert result.rebuilt and result.events == 5
+    assert stored_summary() == expected_summary()
+
+
+def test_the_ordered_rebuild_leaves_out_the_events_after_the_cutoff(people):
+    """It summarizes every event it can see; the customers with one after the cutoff (here
+    committed before the rebuild, as a concurrent insert would be) are summarized again from
+    the events up to it."""
+    cutoff = Event.objects.order_by("-id").values_list("id", flat=True)[0]
+    add(people["alice"], "session", 9)
+    add(people["alice"], "purchase", 10, "7.50")
+    add(people["carol"], "purchase", 4, "5.00")
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {CustomerEventSummary._meta.db_table}")
+        event_summary._rebuild(cursor, upto=cutoff, ordered=True)
+    assert stored_summary() == expected_summary(upto=cutoff)
+    assert not CustomerEventSummary.objects.filter(customer=people["carol"]).exists()
+    assert CustomerEventSummary.objects.get(customer=people["alice"], type="purchase").count == 2
 
 
 def _work_mem() -> str:
