@@ -259,3 +259,40 @@ def test_a_sync_waits_for_inserts_in_flight(require_postgres):
     assert done.is_set()
     assert stored_summary() == expected_summary()
     assert stored_summary()[(customer.pk, "purchase")][0] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_ordered_rebuild_mends_events_committed_after_its_cutoff(require_postgres, monkeypatch):
+    """Another connection commits events after the rebuild read its cutoff and before it reads
+    the events: the summary must stop at the cutoff, and the next sync folds them in."""
+    alice, bob = CustomerFactory(), CustomerFactory()
+    add(alice, "purchase", 0, "4.00")
+    add(bob, "session", 1)
+    settings = connection.settings_dict
+    conninfo = psycopg.conninfo.make_conninfo(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        host=settings["HOST"],
+        port=settings["PORT"] or None,
+        password=settings["PASSWORD"] or None,
+    )
+    cutoff = Event.objects.order_by("-id").values_list("id", flat=True)[0]
+
+    def meanwhile(cursor) -> bool:
+        with psycopg.connect(conninfo) as other:  # commits on leaving
+            other.execute(
+                f"INSERT INTO {Event._meta.db_table} (customer_id, type, occurred_at, value, "
+                "properties, source) VALUES (%s, 'purchase', %s, 6.5, '{}', ''), "
+                "(%s, 'page_view', %s, NULL, '{}', '')",
+                [alice.pk, T0 + 3 * DAY, bob.pk, T0 + 4 * DAY],
+            )
+        return True  # take the index-ordered path
+
+    monkeypatch.setattr(event_summary, "_events_mostly_visible", meanwhile)
+    result = event_summary_sync(rebuild=True)
+    assert result.rebuilt and result.last_event_id == cutoff and result.events == 2
+    assert stored_summary() == expected_summary(upto=cutoff)
+    monkeypatch.undo()
+    assert event_summary_sync().events == 2
+    assert stored_summary() == expected_summary()
+    assert stored_summary()[(alice.pk, "purchase")][:2] == (2, 1050)
