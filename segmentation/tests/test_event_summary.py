@@ -218,6 +218,18 @@ def test_every_insert_statement_takes_the_shared_guard(require_postgres):
     assert guard_modes() == ["ShareLock"]  # until the transaction ends
 
 
+def _conninfo() -> str:
+    """For a second, independent connection to the test database."""
+    settings = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        host=settings["HOST"],
+        port=settings["PORT"] or None,
+        password=settings["PASSWORD"] or None,
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_sync_waits_for_inserts_in_flight(require_postgres):
     """An event inserted by a transaction still open when the sync starts has an id below the
@@ -225,14 +237,7 @@ def test_a_sync_waits_for_inserts_in_flight(require_postgres):
     customer = CustomerFactory()
     add(customer, "session", 0)
     event_summary_sync()
-    settings = connection.settings_dict
-    conninfo = psycopg.conninfo.make_conninfo(
-        dbname=settings["NAME"],
-        user=settings["USER"],
-        host=settings["HOST"],
-        port=settings["PORT"] or None,
-        password=settings["PASSWORD"] or None,
-    )
+    conninfo = _conninfo()
     with psycopg.connect(conninfo) as other:
         other.execute(
             f"INSERT INTO {Event._meta.db_table} (customer_id, type, occurred_at, properties, "
@@ -268,14 +273,7 @@ def test_an_ordered_rebuild_mends_events_committed_after_its_cutoff(require_post
     alice, bob = CustomerFactory(), CustomerFactory()
     add(alice, "purchase", 0, "4.00")
     add(bob, "session", 1)
-    settings = connection.settings_dict
-    conninfo = psycopg.conninfo.make_conninfo(
-        dbname=settings["NAME"],
-        user=settings["USER"],
-        host=settings["HOST"],
-        port=settings["PORT"] or None,
-        password=settings["PASSWORD"] or None,
-    )
+    conninfo = _conninfo()
     cutoff = Event.objects.order_by("-id").values_list("id", flat=True)[0]
 
     def meanwhile(cursor) -> bool:
