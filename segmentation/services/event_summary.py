@@ -105,7 +105,7 @@ SELECT e.customer_id, e.type, count(*) AS count,
        coalesce(sum(CAST(e.value * 100 AS BIGINT)), 0) AS value_cents,
        min(e.occurred_at) AS first_at, max(e.occurred_at) AS last_at
 FROM {events} e
-WHERE e.id > %(after)s AND e.id <= %(upto)s
+WHERE e.id > %(after)s AND e.id <= %(upto)s{restrict}
 GROUP BY e.customer_id, e.type
 """
 
@@ -143,14 +143,7 @@ SELECT DISTINCT e.customer_id FROM {events} e WHERE e.id > %(upto)s
 _MEND_DELETE_SQL = """
 DELETE FROM {summary} s USING pg_temp.event_summary_mend m WHERE s.customer_id = m.customer_id
 """
-_MEND_INSERT_SQL = """
-INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, last_at)
-SELECT e.customer_id, e.type, count(*), coalesce(sum(CAST(e.value * 100 AS BIGINT)), 0),
-       min(e.occurred_at), max(e.occurred_at)
-FROM {events} e
-WHERE e.id <= %(upto)s AND e.customer_id IN (SELECT m.customer_id FROM pg_temp.event_summary_mend m)
-GROUP BY e.customer_id, e.type
-"""
+_MEND_RESTRICT = " AND e.customer_id IN (SELECT m.customer_id FROM pg_temp.event_summary_mend m)"
 #: The ordered rebuild reads the index alone only where the events' pages are marked
 #: all-visible (autovacuum keeps them so); otherwise it would fetch every event from the
 #: table in customer order, and hashing is faster.
@@ -221,7 +214,7 @@ def _rebuild(cursor, *, upto: int, ordered: bool) -> None:
         else:
             cursor.execute(
                 f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, "
-                f"last_at) {_AGGREGATE_SQL.format(events=events)}",
+                f"last_at) {_AGGREGATE_SQL.format(events=events, restrict='')}",
                 {"after": 0, "upto": upto},
             )
     if ordered:
@@ -229,7 +222,11 @@ def _rebuild(cursor, *, upto: int, ordered: bool) -> None:
         cursor.execute("DROP TABLE IF EXISTS pg_temp.event_summary_mend")
         cursor.execute(_MEND_CUSTOMERS_SQL.format(events=events), {"upto": upto})
         cursor.execute(_MEND_DELETE_SQL.format(summary=summary))
-        cursor.execute(_MEND_INSERT_SQL.format(summary=summary, events=events), {"upto": upto})
+        cursor.execute(
+            f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, last_at) "
+            + _AGGREGATE_SQL.format(events=events, restrict=_MEND_RESTRICT),
+            {"after": 0, "upto": upto},
+        )
         cursor.execute("DROP TABLE pg_temp.event_summary_mend")
 
 
@@ -260,7 +257,7 @@ def event_summary_sync(*, rebuild: bool = False) -> SummarySyncResult | None:
             after = 0
         elif upto <= after:
             return SummarySyncResult(after, after, 0, False, time.perf_counter() - started)
-        aggregate = _AGGREGATE_SQL.format(events=events)
+        aggregate = _AGGREGATE_SQL.format(events=events, restrict="")
         params = {"after": after, "upto": upto}
         if rebuilt:
             _rebuild(cursor, upto=upto, ordered=_events_mostly_visible(cursor))

@@ -63,7 +63,7 @@ def summarize_up_to(upto: int) -> None:
         cursor.execute(f"DELETE FROM {summary}")
         cursor.execute(
             f"INSERT INTO {summary} (customer_id, type, count, value_cents, first_at, last_at) "
-            + _AGGREGATE_SQL.format(events=Event._meta.db_table),
+            + _AGGREGATE_SQL.format(events=Event._meta.db_table, restrict=""),
             {"after": 0, "upto": upto},
         )
     newest = (
