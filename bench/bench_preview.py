@@ -12,6 +12,9 @@ transaction, with its work_mem and time limit), is run once to warm up and then
 slowest rule (by p95). The full ``segment_preview`` (count + the 10-customer sample) is timed
 too, over all rules. Baseline,
 same run: ``SELECT count(*) FROM segmentation_customer`` (median). Goal: p95 under 300 ms.
+Diagnostic, same run: the COUNT of every customer joined with their metrics row, no condition
+(preview settings): what a rule testing customer fields and metrics of most customers pays
+before testing anything.
 
 Runaway plans are contained: the app's own 15 s limit cancels a preview (reported as
 "> 15000"), and a rule whose warm-up takes over 2 s gets 3 timed runs instead of 15. The
@@ -185,6 +188,15 @@ RULES: tuple[tuple[str, dict], ...] = (
 )
 
 
+#: What bringing every customer's row together with their metrics row costs, before any
+#: condition is tested (the "diagnostic" row): what a rule testing customer fields and
+#: metrics of most customers pays at least.
+JOIN_FLOOR_SQL = (
+    "SELECT count(*) FROM segmentation_customer c "
+    "JOIN segmentation_customermetrics m ON m.customer_id = c.id"
+)
+
+
 def ensure_refreshed(db: str, end: dt.datetime) -> dt.datetime:
     """Metrics and segments computed by the current code; returns their as-of (the "now")."""
     meta = meta_get(db)
@@ -317,6 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     base_timing = RuleTiming("count(*)", {})
     measure(base_timing, count_all, args.runs)
     base = median(base_timing.runs)
+
+    def count_joined() -> int:
+        """``JOIN_FLOOR_SQL`` in a preview's transaction (its settings)."""
+        from django.db import transaction
+
+        from abtest.db import postgres_local_settings
+        from segmentation.selectors import preview_postgres_settings
+
+        with (
+            transaction.atomic(),
+            postgres_local_settings(**preview_postgres_settings()),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(JOIN_FLOOR_SQL)
+            return cursor.fetchone()[0]
+
+    join_timing = RuleTiming("join", {})
+    measure(join_timing, count_joined, args.runs)
     timings: list[RuleTiming] = []
     for name, rule in RULES:
         timing = RuleTiming(name, rule)
@@ -375,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             "ms",
             f"{base:.0f}",
             f"{full.p95 / base:.1f}x" if full.runs else "n/a",
+        ),
+        (
+            "diagnostic: every customer joined with their metrics row, no condition, COUNT",
+            f"{median(join_timing.runs):.0f} / {join_timing.p95:.0f}",
+            "ms median / p95",
+            f"{base:.0f}",
+            f"{join_timing.p95 / base:.1f}x",
         ),
         (
             "baseline: SELECT count(*) FROM segmentation_customer, median",
