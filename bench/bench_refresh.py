@@ -341,34 +341,24 @@ def main(argv: list[str] | None = None) -> int:
             small_base,
             timeout,
         ),
-        (
-            "floor: the metrics' own per-customer aggregate (purchases, activity, counts per "
-            "type over 30/90 days), CREATE TABLE AS",
-            fmt(floor.aggregate),
-            "s",
-            fmt(agg_seconds),
-            ratio(floor.aggregate, agg_seconds),
-        ),
-        (
-            "floor: write 1M metrics rows into an empty table, then build its indexes",
-            fmt(floor.metrics_write),
-            "s",
-            fmt(agg_seconds),
-            ratio(floor.metrics_write, agg_seconds),
-        ),
-        (
-            f"floor: write the {floor.memberships:,} current memberships the same way",
-            fmt(floor.memberships_write),
-            "s",
-            fmt(agg_seconds),
-            ratio(floor.memberships_write, agg_seconds),
-        ),
-        (
-            "floor: the three together (a first run does all three, and more)",
-            fmt(floor.total),
-            "s",
-            fmt(agg_seconds),
-            ratio(floor.total, agg_seconds),
+        *(
+            (f"floor: {label}", fmt(seconds), "s", fmt(agg_seconds), ratio(seconds, agg_seconds))
+            for label, seconds in (
+                (
+                    "the metrics' own per-customer aggregate (purchases, activity, counts per "
+                    "type over 30/90 days), CREATE TABLE AS",
+                    floor.aggregate,
+                ),
+                (
+                    "write 1M metrics rows into an empty table, then build its indexes",
+                    floor.metrics_write,
+                ),
+                (
+                    f"write the {floor.memberships:,} current memberships the same way",
+                    floor.memberships_write,
+                ),
+                ("the three together (a first run does all three, and more)", floor.total),
+            )
         ),
         (
             "baseline: CREATE TABLE AS per-customer aggregate, 10M events, best of 2",
